@@ -1,0 +1,58 @@
+"""The train state: one PyTree holding everything a restart needs."""
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from jaxml.parallel import sharding
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """step, params, optimizer state, EMA params, base RNG key and mutable collections.
+
+  `rng` never changes: step k uses fold_in(rng, k), so a resumed run draws the
+  same randomness as an uninterrupted one. `model_state` holds the non-param
+  collections (e.g. {"batch_stats": ...}); `ema_params` is None without EMA.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  model_state: Any
+  ema_params: Any = None
+
+
+def create_train_state(
+    init_fn: Callable[[jax.Array], Any],
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    mesh: Mesh,
+    *,
+    use_ema: bool = False,
+    fsdp_min_size: int = 2**14,
+) -> tuple[TrainState, Any]:
+  """Initializes the state directly in its sharded layout; returns (state, state_shardings).
+
+  `init_fn(rng) -> variables` (a flax variables dict with a "params" entry).
+  """
+  init_rng, train_rng = jax.random.split(rng)
+
+  def init(init_rng, train_rng):
+    variables = dict(init_fn(init_rng))
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=train_rng,
+        model_state=variables,
+        ema_params=params if use_ema else None,
+    )
+
+  abstract = jax.eval_shape(init, init_rng, train_rng)
+  shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size)
+  state = jax.jit(init, out_shardings=shardings)(init_rng, train_rng)
+  return state, shardings
