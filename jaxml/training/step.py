@@ -43,7 +43,7 @@ def make_train_step(
     if ema_params is not None and ema_decay is not None:
       decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
       ema_params = ema_update(ema_params, params, decay)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               model_state=model_state, ema_params=ema_params)
     return new_state, metrics
