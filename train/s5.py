@@ -13,7 +13,6 @@ import logging
 import jax
 import jax.numpy as jnp
 import optax
-from absl import flags
 
 from jaxml import data, parallel, training
 from jaxml.data import preprocess as preprocessing
@@ -22,6 +21,7 @@ from jaxml.ssm.optimizer import s5_optimizer
 from jaxml.training import cli, loop
 
 cli.define_flags("train/configs/s5_mnist1d.py")
+log = logging.getLogger("train.s5")
 
 
 def make_loss_fn(model):
@@ -56,13 +56,11 @@ def validate(config):
                             f"of the device count ({jax.device_count()})")
 
 
-def main():
-  config = flags.FLAGS.config
-  workdir = cli.workdir_from_flags()
+def main(config, workdir):
   validate(config)
   mesh = parallel.make_mesh(config.mesh)
   batch_sharding = parallel.batch_sharding(mesh)
-  logging.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
+  log.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
 
   preprocess = preprocessing.get(config.data.preprocess)
   train_source = data.data_source(config.data.name, "train", config.data.data_dir)
@@ -73,8 +71,12 @@ def main():
   steps_per_epoch = len(train_source) // config.data.batch_size
 
   model = S5Classifier(num_classes=config.data.num_classes, **config.model)
-  tx = s5_optimizer(total_steps=config.total_steps,
-                    warmup_steps=int(config.optimizer.warmup_epochs * steps_per_epoch),
+  warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
+  if warmup_steps >= config.total_steps:
+    raise cli.ConfigError(
+        f"warmup ({config.optimizer.warmup_epochs} epochs = {warmup_steps} steps) must be shorter "
+        f"than config.total_steps={config.total_steps}; lower config.optimizer.warmup_epochs")
+  tx = s5_optimizer(total_steps=config.total_steps, warmup_steps=warmup_steps,
                     ssm_lr=config.optimizer.ssm_lr, lr_factor=config.optimizer.lr_factor,
                     weight_decay=config.optimizer.weight_decay)
   example = preprocess(next(data.eval_batches(test_source, global_batch_size=2,
@@ -82,7 +84,7 @@ def main():
   init_fn = lambda rng: model.init({"params": rng, "dropout": rng}, jnp.asarray(example), train=False)
   state, state_shardings = training.create_train_state(
       init_fn, tx, jax.random.PRNGKey(config.seed), mesh)
-  logging.info("S5 classifier with %d parameters, %d steps/epoch",
+  log.info("S5 classifier with %d parameters, %d steps/epoch",
                sum(x.size for x in jax.tree.leaves(state.params)), steps_per_epoch)
 
   train_step = training.make_train_step(
@@ -102,7 +104,7 @@ def main():
       eval_fn=eval_fn)
   step = int(jax.device_get(state.step))
   if step < config.total_steps:
-    logging.warning("stopped at step %d of %d; run the same command to resume", step,
+    log.warning("stopped at step %d of %d; run the same command to resume", step,
                     config.total_steps)
     return
   if not eval_metrics:  # resumed at or past total_steps: report the saved model

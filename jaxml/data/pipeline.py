@@ -1,9 +1,12 @@
 """grain input pipelines: seeded shuffle, per-process shards, global batches, resumable state.
 
-Sharding is strided over one global, shuffled stream: process p of P reads
-stream positions p, p+P, p+2P, ... so at every step the union of the processes'
-local batches is exactly the global batch a 1-process run would see. The
-iterator state is a position in that stream, so restoring it resumes exactly.
+All processes walk one global, shuffled stream of records. Global batch s is
+stream positions [s*B, (s+1)*B); process p of P reads its rows
+[s*B + p*b, s*B + (p+1)*b) with b = B/P. Stacked process by process (as
+`jax.make_array_from_process_local_data` does) the local batches form exactly
+the global batch a 1-process run sees, row for row, so results do not depend on
+the number of hosts. The iterator state is a position in that stream, so
+restoring it resumes exactly.
 """
 from typing import Any, Callable, Iterator, Mapping
 
@@ -51,11 +54,17 @@ def train_iterator(
   """
   process_index, process_count = _process_index_and_count(process_index, process_count)
   batch_size = local_batch_size(global_batch_size, process_count)
-  ds = grain.MapDataset.source(source)
+  stream = grain.MapDataset.source(source)
   if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)  # a repeated shuffle reseeds every epoch
-  ds = ds[process_index::process_count]
+    stream = stream.shuffle(seed=seed)
+  stream = stream.repeat(num_epochs)  # a repeated shuffle reseeds every epoch
+
+  def global_position(k):  # k-th record of this process -> its position in the stream
+    step, row = divmod(k, batch_size)
+    return step * global_batch_size + process_index * batch_size + row
+
+  num_local = len(stream) // global_batch_size * batch_size
+  ds = grain.MapDataset.range(num_local).map(lambda k: stream[global_position(k)])
   ds = ds.batch(batch_size, drop_remainder=True)
   if preprocess is not None:
     ds = ds.map(preprocess)

@@ -6,6 +6,7 @@ current step, save, and return; the relaunch resumes to the same numbers.
 """
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from jaxml.parallel import sharding
 from jaxml.training.checkpoint import Checkpointer, abstract_like
 from jaxml.training.metrics_log import MetricsLog
 from jaxml.training.state import TrainState
+
+log = logging.getLogger(__name__)
 
 
 class StopRequest:
@@ -41,7 +44,7 @@ class StopRequest:
     if self.signal_name is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal_name = signal.Signals(signum).name
-    logging.warning("%s received: finishing this step, then saving a checkpoint", self.signal_name)
+    log.warning("%s received: finishing this step, then saving a checkpoint", self.signal_name)
 
   def agreed(self) -> bool:
     """True on every process if any process was asked to stop (collective when multi-host)."""
@@ -49,6 +52,11 @@ class StopRequest:
     if jax.process_count() == 1:
       return local
     return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def run(
@@ -79,19 +87,21 @@ def run(
     saved = checkpointer.saved_config(latest)
     if saved is not None and saved != config_dict:
       changed = sorted(k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k))
-      logging.warning("resuming with a config that differs from the checkpoint's in: %s", changed)
+      log.warning("resuming with a config that differs from the checkpoint's in: %s", changed)
     state, train_iterator = checkpointer.restore(
         latest, abstract_like(state, state_shardings), train_iterator)
-    logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+    log.info("resumed from %s at step %d", checkpointer.directory, latest)
   start = int(jax.device_get(state.step))
 
-  log = MetricsLog(workdir)
+  metrics_log = MetricsLog(workdir)
   is_main = jax.process_index() == 0
+  interactive = sys.stderr.isatty()
   eval_metrics: dict = {}
   last_saved = latest
   stop_check_every = int(config.get("stop_check_every", 1) or 1)
-  bar = tqdm(total=total_steps, initial=start, disable=not is_main, desc="train",
-             dynamic_ncols=True, mininterval=2.0)
+  # A live bar on a terminal; in log files (CI, pods) a line per log_every with rate and ETA.
+  bar = tqdm(total=total_steps, initial=start, disable=not (is_main and interactive),
+             desc="train", dynamic_ncols=True)
   tick, tick_step = time.perf_counter(), start
   with StopRequest() as stop:
     for step in range(start, total_steps):
@@ -105,17 +115,20 @@ def run(
         now = time.perf_counter()
         metrics["steps_per_sec"] = (done - tick_step) / max(now - tick, 1e-9)
         tick, tick_step = now, done
-        log.write(done, metrics, prefix="train/")
+        metrics_log.write(done, metrics, prefix="train/")
         bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
-        if not bar.disable and not bar.fp.isatty():  # CI logs: a line with rate and ETA
-          logging.info("%s", bar)
+        if is_main and not interactive:
+          eta = (total_steps - done) / max(metrics["steps_per_sec"], 1e-9)
+          log.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %s", done, total_steps,
+                   metrics["loss"], metrics["steps_per_sec"], _format_seconds(eta))
 
       if eval_fn is not None and config.eval_every and (
           done % config.eval_every == 0 or done == total_steps):
         eval_metrics = eval_fn(state)
-        log.write(done, eval_metrics, prefix="eval/")
+        metrics_log.write(done, eval_metrics, prefix="eval/")
         if is_main:
-          bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+          line = ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
+          (bar.write if interactive else log.info)(f"eval at step {done}: {line}")
 
       if checkpointer.save(done, state, train_iterator, config_dict):
         last_saved = done
@@ -123,11 +136,11 @@ def run(
         if last_saved != done:
           checkpointer.save(done, state, train_iterator, config_dict, force=True)
           last_saved = done
-        logging.warning("stopped by %s at step %d; checkpoint saved", stop.signal_name or "a peer", done)
+        log.warning("stopped by %s at step %d; checkpoint saved", stop.signal_name or "a peer", done)
         break
   bar.close()
   if last_saved != int(jax.device_get(state.step)):
     checkpointer.save(int(jax.device_get(state.step)), state, train_iterator, config_dict, force=True)
   checkpointer.close()
-  log.close()
+  metrics_log.close()
   return state, eval_metrics
