@@ -7,12 +7,12 @@
 Writes to the workdir: checkpoints/ (resumed automatically), metrics.jsonl,
 tensorboard/, and final_metrics.json (test accuracy of the last step).
 """
+
 import json
 import logging
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxml import data, parallel, training
 from jaxml.data import preprocess as preprocessing
@@ -25,95 +25,135 @@ log = logging.getLogger("train.s5")
 
 
 def make_loss_fn(model):
-  def loss_fn(params, model_state, batch, rng):
-    logp, updates = model.apply(
-        {"params": params, **model_state}, batch["inputs"], train=True,
-        rngs={"dropout": rng}, mutable=list(model_state))
-    nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
-    accuracy = jnp.mean(jnp.argmax(logp, -1) == batch["label"])
-    return jnp.mean(nll), (dict(updates), {"accuracy": accuracy})
-  return loss_fn
+    def loss_fn(params, model_state, batch, rng):
+        logp, updates = model.apply(
+            {"params": params, **model_state},
+            batch["inputs"],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=list(model_state),
+        )
+        nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
+        accuracy = jnp.mean(jnp.argmax(logp, -1) == batch["label"])
+        return jnp.mean(nll), (dict(updates), {"accuracy": accuracy})
+
+    return loss_fn
 
 
 def make_metric_fn(model):
-  def metric_fn(params, model_state, batch):
-    logp = model.apply({"params": params, **model_state}, batch["inputs"], train=False)
-    nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
-    correct = (jnp.argmax(logp, -1) == batch["label"]).astype(jnp.float32)
-    mask = batch["mask"]
-    return {"loss": training.masked_sum(nll, mask), "accuracy": training.masked_sum(correct, mask),
-            "count": jnp.sum(mask.astype(jnp.float32))}
-  return metric_fn
+    def metric_fn(params, model_state, batch):
+        logp = model.apply({"params": params, **model_state}, batch["inputs"], train=False)
+        nll = -jnp.take_along_axis(logp, batch["label"][:, None], axis=-1)[:, 0]
+        correct = (jnp.argmax(logp, -1) == batch["label"]).astype(jnp.float32)
+        mask = batch["mask"]
+        return {
+            "loss": training.masked_sum(nll, mask),
+            "accuracy": training.masked_sum(correct, mask),
+            "count": jnp.sum(mask.astype(jnp.float32)),
+        }
+
+    return metric_fn
 
 
 def validate(config):
-  for key in ("total_steps", "log_every", "checkpoint_every"):
-    if config[key] <= 0:
-      raise cli.ConfigError(f"config.{key} must be positive, got {config[key]}")
-  for key in ("batch_size", "eval_batch_size"):
-    if config.data[key] <= 0 or config.data[key] % jax.device_count():
-      raise cli.ConfigError(f"config.data.{key}={config.data[key]} must be a positive multiple "
-                            f"of the device count ({jax.device_count()})")
+    for key in ("total_steps", "log_every", "checkpoint_every"):
+        if config[key] <= 0:
+            raise cli.ConfigError(f"config.{key} must be positive, got {config[key]}")
+    for key in ("batch_size", "eval_batch_size"):
+        if config.data[key] <= 0 or config.data[key] % jax.device_count():
+            raise cli.ConfigError(
+                f"config.data.{key}={config.data[key]} must be a positive multiple "
+                f"of the device count ({jax.device_count()})"
+            )
 
 
 def main(config, workdir):
-  validate(config)
-  mesh = parallel.make_mesh(config.mesh)
-  batch_sharding = parallel.batch_sharding(mesh)
-  log.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
+    validate(config)
+    mesh = parallel.make_mesh(config.mesh)
+    batch_sharding = parallel.batch_sharding(mesh)
+    log.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
 
-  preprocess = preprocessing.get(config.data.preprocess)
-  train_source = data.data_source(config.data.name, "train", config.data.data_dir)
-  test_source = data.data_source(config.data.name, config.data.eval_split, config.data.data_dir)
-  train_iterator = data.train_iterator(
-      train_source, global_batch_size=config.data.batch_size, seed=config.seed,
-      preprocess=preprocess)
-  steps_per_epoch = len(train_source) // config.data.batch_size
+    preprocess = preprocessing.get(config.data.preprocess)
+    train_source = data.data_source(config.data.name, "train", config.data.data_dir)
+    test_source = data.data_source(config.data.name, config.data.eval_split, config.data.data_dir)
+    train_iterator = data.train_iterator(
+        train_source,
+        global_batch_size=config.data.batch_size,
+        seed=config.seed,
+        preprocess=preprocess,
+    )
+    steps_per_epoch = len(train_source) // config.data.batch_size
 
-  model = S5Classifier(num_classes=config.data.num_classes, **config.model)
-  warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
-  if warmup_steps >= config.total_steps:
-    raise cli.ConfigError(
-        f"warmup ({config.optimizer.warmup_epochs} epochs = {warmup_steps} steps) must be shorter "
-        f"than config.total_steps={config.total_steps}; lower config.optimizer.warmup_epochs")
-  tx = s5_optimizer(total_steps=config.total_steps, warmup_steps=warmup_steps,
-                    ssm_lr=config.optimizer.ssm_lr, lr_factor=config.optimizer.lr_factor,
-                    weight_decay=config.optimizer.weight_decay)
-  example = preprocess(next(data.eval_batches(test_source, global_batch_size=2,
-                                              process_index=0, process_count=1)))["inputs"]
-  init_fn = lambda rng: model.init({"params": rng, "dropout": rng}, jnp.asarray(example), train=False)
-  state, state_shardings = training.create_train_state(
-      init_fn, tx, jax.random.PRNGKey(config.seed), mesh)
-  log.info("S5 classifier with %d parameters, %d steps/epoch",
-               sum(x.size for x in jax.tree.leaves(state.params)), steps_per_epoch)
+    model = S5Classifier(num_classes=config.data.num_classes, **config.model)
+    warmup_steps = int(config.optimizer.warmup_epochs * steps_per_epoch)
+    if warmup_steps >= config.total_steps:
+        raise cli.ConfigError(
+            f"warmup ({config.optimizer.warmup_epochs} epochs = {warmup_steps} steps) must be "
+            f"shorter than config.total_steps={config.total_steps}; lower config.optimizer.warmup_epochs"
+        )
+    tx = s5_optimizer(
+        total_steps=config.total_steps,
+        warmup_steps=warmup_steps,
+        ssm_lr=config.optimizer.ssm_lr,
+        lr_factor=config.optimizer.lr_factor,
+        weight_decay=config.optimizer.weight_decay,
+    )
+    example = preprocess(
+        next(data.eval_batches(test_source, global_batch_size=2, process_index=0, process_count=1))
+    )["inputs"]
+    init_fn = lambda rng: model.init(
+        {"params": rng, "dropout": rng}, jnp.asarray(example), train=False
+    )
+    state, state_shardings = training.create_train_state(
+        init_fn, tx, jax.random.PRNGKey(config.seed), mesh
+    )
+    log.info(
+        "S5 classifier with %d parameters, %d steps/epoch",
+        sum(x.size for x in jax.tree.leaves(state.params)),
+        steps_per_epoch,
+    )
 
-  train_step = training.make_train_step(
-      make_loss_fn(model), tx, state_shardings=state_shardings, batch_sharding=batch_sharding)
-  eval_step = training.make_eval_step(
-      make_metric_fn(model), state_shardings=state_shardings, batch_sharding=batch_sharding)
+    train_step = training.make_train_step(
+        make_loss_fn(model), tx, state_shardings=state_shardings, batch_sharding=batch_sharding
+    )
+    eval_step = training.make_eval_step(
+        make_metric_fn(model), state_shardings=state_shardings, batch_sharding=batch_sharding
+    )
 
-  def eval_fn(state):
-    batches = data.eval_batches(test_source, global_batch_size=config.data.eval_batch_size,
-                                preprocess=preprocess)
-    to_global = lambda b: parallel.global_batch(b, batch_sharding)
-    return training.evaluate(eval_step, state, batches, to_global)
+    def eval_fn(state):
+        batches = data.eval_batches(
+            test_source, global_batch_size=config.data.eval_batch_size, preprocess=preprocess
+        )
+        to_global = lambda b: parallel.global_batch(b, batch_sharding)
+        return training.evaluate(eval_step, state, batches, to_global)
 
-  state, eval_metrics = loop.run(
-      workdir=workdir, config=config, state=state, state_shardings=state_shardings,
-      train_step=train_step, train_iterator=train_iterator, batch_sharding=batch_sharding,
-      eval_fn=eval_fn)
-  step = int(jax.device_get(state.step))
-  if step < config.total_steps:
-    log.warning("stopped at step %d of %d; run the same command to resume", step,
-                    config.total_steps)
-    return
-  if not eval_metrics:  # resumed at or past total_steps: report the saved model
-    eval_metrics = eval_fn(state)
-  if jax.process_index() == 0:
-    (workdir / "final_metrics.json").write_text(json.dumps({"step": step, **eval_metrics}, indent=2))
-    print(f"step {step}: test accuracy {eval_metrics['accuracy']:.4f}, "
-          f"test loss {eval_metrics['loss']:.4f}")
+    state, eval_metrics = loop.run(
+        workdir=workdir,
+        config=config,
+        state=state,
+        state_shardings=state_shardings,
+        train_step=train_step,
+        train_iterator=train_iterator,
+        batch_sharding=batch_sharding,
+        eval_fn=eval_fn,
+    )
+    step = int(jax.device_get(state.step))
+    if step < config.total_steps:
+        log.warning(
+            "stopped at step %d of %d; run the same command to resume", step, config.total_steps
+        )
+        return
+    if not eval_metrics:  # resumed at or past total_steps: report the saved model
+        eval_metrics = eval_fn(state)
+    if jax.process_index() == 0:
+        (workdir / "final_metrics.json").write_text(
+            json.dumps({"step": step, **eval_metrics}, indent=2)
+        )
+        print(
+            f"step {step}: test accuracy {eval_metrics['accuracy']:.4f}, "
+            f"test loss {eval_metrics['loss']:.4f}"
+        )
 
 
 if __name__ == "__main__":
-  cli.run_main(main)
+    cli.run_main(main)

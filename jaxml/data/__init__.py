@@ -1,8 +1,14 @@
 """Input data: TFDS builders for embedded datasets, grain pipelines with per-process shards."""
+
 from jaxml.data.pipeline import eval_batches, local_batch_size, train_iterator
 from jaxml.data.sources import DatasetUnavailableError, data_source, default_data_dir, prepare
 
 __all__ = [
-    "DatasetUnavailableError", "data_source", "default_data_dir", "eval_batches",
-    "local_batch_size", "prepare", "train_iterator",
+    "DatasetUnavailableError",
+    "data_source",
+    "default_data_dir",
+    "eval_batches",
+    "local_batch_size",
+    "prepare",
+    "train_iterator",
 ]

@@ -4,6 +4,7 @@ The embedded datasets (`mnist1d`, `digits`) are generated on this machine the
 first time they are asked for. Any other TFDS name must already be prepared in
 `data_dir` in array_record format; if not, the error says how to prepare it.
 """
+
 import contextlib
 import fcntl
 import os
@@ -17,72 +18,81 @@ EMBEDDED_BUILDERS = {"mnist1d": builders.Mnist1d, "digits": builders.Digits}
 
 
 class DatasetUnavailableError(RuntimeError):
-  """The dataset is not prepared in data_dir (or not in a random-access format)."""
+    """The dataset is not prepared in data_dir (or not in a random-access format)."""
 
 
 def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+    return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
 def prepare_command(name: str, data_dir: str) -> str:
-  return f"python -m jaxml.data.prepare --dataset={name} --data_dir={data_dir}"
+    return f"python -m jaxml.data.prepare --dataset={name} --data_dir={data_dir}"
 
 
 @contextlib.contextmanager
 def _file_lock(path: Path):
-  """Several local processes of one job may ask for the same embedded dataset at once."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+    """Several local processes of one job may ask for the same embedded dataset at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare(name: str, data_dir: str | None = None, *, allow_download: bool = False):
-  """Builds `name` into `data_dir` as array_record; returns the TFDS builder.
+    """Builds `name` into `data_dir` as array_record; returns the TFDS builder.
 
-  Embedded datasets are generated locally. Other TFDS datasets are downloaded by
-  TFDS only when `allow_download=True` (the `jaxml.data.prepare` command).
-  """
-  data_dir = data_dir or default_data_dir()
-  if name in EMBEDDED_BUILDERS:
-    builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  else:
-    if not allow_download:
-      raise DatasetUnavailableError(
-          f"dataset {name!r} is not embedded; prepare it with: {prepare_command(name, data_dir)}")
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  with _file_lock(Path(data_dir) / f".{name}.lock"):
-    if not builder.is_prepared():
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(verify_ssl=True))
-  return builder
+    Embedded datasets are generated locally. Other TFDS datasets are downloaded by
+    TFDS only when `allow_download=True` (the `jaxml.data.prepare` command).
+    """
+    data_dir = data_dir or default_data_dir()
+    if name in EMBEDDED_BUILDERS:
+        builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    else:
+        if not allow_download:
+            raise DatasetUnavailableError(
+                f"dataset {name!r} is not embedded; prepare it with: "
+                f"{prepare_command(name, data_dir)}"
+            )
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    with _file_lock(Path(data_dir) / f".{name}.lock"):
+        if not builder.is_prepared():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(verify_ssl=True)
+            )
+    return builder
 
 
 def data_source(name: str, split: str, data_dir: str | None = None):
-  """A random-access source (len, __getitem__) of dict records for `name`/`split`."""
-  data_dir = data_dir or default_data_dir()
-  if name in EMBEDDED_BUILDERS:
-    builder = prepare(name, data_dir)
-  else:
-    try:
-      builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-      raise DatasetUnavailableError(
-          f"unknown dataset {name!r}: neither embedded ({', '.join(EMBEDDED_BUILDERS)}) "
-          "nor a TFDS dataset name") from None
-    if not builder.is_prepared():
-      raise DatasetUnavailableError(
-          f"dataset {name!r} is not prepared in {data_dir}. Nothing is downloaded at run time; "
-          f"prepare it once with: {prepare_command(name, data_dir)}")
-    file_format = builder.info.file_format
-    if file_format not in (tfds.core.FileFormat.ARRAY_RECORD, tfds.core.FileFormat.PARQUET):
-      raise DatasetUnavailableError(
-          f"dataset {name!r} in {data_dir} is stored as {file_format}, which has no random "
-          f"access; re-prepare it in another data_dir with: {prepare_command(name, '<new_dir>')}")
-  if split not in builder.info.splits:
-    raise DatasetUnavailableError(
-        f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
-  return builder.as_data_source(split=split)
+    """A random-access source (len, __getitem__) of dict records for `name`/`split`."""
+    data_dir = data_dir or default_data_dir()
+    if name in EMBEDDED_BUILDERS:
+        builder = prepare(name, data_dir)
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise DatasetUnavailableError(
+                f"unknown dataset {name!r}: neither embedded ({', '.join(EMBEDDED_BUILDERS)}) "
+                "nor a TFDS dataset name"
+            ) from None
+        if not builder.is_prepared():
+            raise DatasetUnavailableError(
+                f"dataset {name!r} is not prepared in {data_dir}. "
+                "Nothing is downloaded at run time; "
+                f"prepare it once with: {prepare_command(name, data_dir)}"
+            )
+        file_format = builder.info.file_format
+        if file_format not in (tfds.core.FileFormat.ARRAY_RECORD, tfds.core.FileFormat.PARQUET):
+            raise DatasetUnavailableError(
+                f"dataset {name!r} in {data_dir} is stored as {file_format}, which has no random "
+                "access; re-prepare it in another data_dir with: "
+                f"{prepare_command(name, '<new_dir>')}"
+            )
+    if split not in builder.info.splits:
+        raise DatasetUnavailableError(
+            f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
+        )
+    return builder.as_data_source(split=split)

@@ -3,6 +3,7 @@
 The same runtime serves TPU pods, SLURM GPU clusters and several CPU processes
 on one machine (gloo collectives), which is how the tests exercise it.
 """
+
 import logging
 import os
 
@@ -14,15 +15,17 @@ _ENV_PROCESS_ID = "JAXML_PROCESS_ID"
 
 
 def _detected_cluster() -> str | None:
-  """Name of a multi-host environment JAX can initialize itself from, else None."""
-  hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  if len([h for h in hostnames.split(",") if h]) > 1 or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    return "tpu_pod"
-  if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
-    return "slurm"
-  if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-    return "mpi"
-  return None
+    """Name of a multi-host environment JAX can initialize itself from, else None."""
+    hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if len([h for h in hostnames.split(",") if h]) > 1 or os.environ.get(
+        "MEGASCALE_COORDINATOR_ADDRESS"
+    ):
+        return "tpu_pod"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "slurm"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "mpi"
+    return None
 
 
 def maybe_initialize_distributed(
@@ -32,35 +35,39 @@ def maybe_initialize_distributed(
     *,
     initialization_timeout: int = 300,
 ) -> bool:
-  """Initializes jax.distributed if flags, JAXML_* variables or the cluster ask for it.
+    """Initializes jax.distributed if flags, JAXML_* variables or the cluster ask for it.
 
-  Returns True when this is a multi-process job. Must run before any other JAX
-  call touches the devices.
-  """
-  coordinator_address = coordinator_address or os.environ.get(_ENV_COORDINATOR) or None
-  if num_processes is None and os.environ.get(_ENV_NUM_PROCESSES):
-    num_processes = int(os.environ[_ENV_NUM_PROCESSES])
-  if process_id is None and os.environ.get(_ENV_PROCESS_ID):
-    process_id = int(os.environ[_ENV_PROCESS_ID])
+    Returns True when this is a multi-process job. Must run before any other JAX
+    call touches the devices.
+    """
+    coordinator_address = coordinator_address or os.environ.get(_ENV_COORDINATOR) or None
+    if num_processes is None and os.environ.get(_ENV_NUM_PROCESSES):
+        num_processes = int(os.environ[_ENV_NUM_PROCESSES])
+    if process_id is None and os.environ.get(_ENV_PROCESS_ID):
+        process_id = int(os.environ[_ENV_PROCESS_ID])
 
-  explicit = coordinator_address is not None or (num_processes or 1) > 1
-  cluster = None if explicit else _detected_cluster()
-  if not explicit and cluster is None:
-    return False
-  if explicit and (coordinator_address is None or num_processes is None or process_id is None):
-    raise ValueError(
-        "multi-process run needs all of coordinator_address, num_processes and process_id "
-        f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})")
+    explicit = coordinator_address is not None or (num_processes or 1) > 1
+    cluster = None if explicit else _detected_cluster()
+    if not explicit and cluster is None:
+        return False
+    if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+        raise ValueError(
+            "multi-process run needs all of coordinator_address, num_processes and process_id "
+            f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r})"
+        )
 
-  platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
-  if platforms.startswith("cpu") or platforms == "":
-    # CPU processes need a collectives backend; harmless when a GPU/TPU is used instead.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  logging.info("initializing jax.distributed (%s)", cluster or f"{num_processes} processes via {coordinator_address}")
-  jax.distributed.initialize(
-      coordinator_address=coordinator_address,
-      num_processes=num_processes,
-      process_id=process_id,
-      initialization_timeout=initialization_timeout,
-  )
-  return True
+    platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
+    if platforms.startswith("cpu") or platforms == "":
+        # CPU processes need a collectives backend; harmless when a GPU/TPU is used instead.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.info(
+        "initializing jax.distributed (%s)",
+        cluster or f"{num_processes} processes via {coordinator_address}",
+    )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=initialization_timeout,
+    )
+    return True

@@ -4,10 +4,12 @@
 
 `--config.<key>=<value>` overrides any config field; an unknown key is an error.
 """
+
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,9 +20,8 @@ from jaxml.parallel.mesh import MeshShapeError
 from jaxml.training.checkpoint import CheckpointError
 
 
-
 class ConfigError(ValueError):
-  """A config value that cannot work (checked before any compute starts)."""
+    """A config value that cannot work (checked before any compute starts)."""
 
 
 # Problems with the user's input: reported in one line, exit status 2, no traceback.
@@ -28,55 +29,61 @@ USER_ERRORS = (CheckpointError, ConfigError, DatasetUnavailableError, MeshShapeE
 
 
 def define_flags(default_config: str):
-  """--config (an ml_collections config file), --workdir, and multi-host flags."""
-  try:
-    # ml_collections applies the --config.* overrides from sys.argv right here.
-    config_flags.DEFINE_config_file(
-        "config", default_config, "Config file; override fields with --config.key=value.",
-        lock_config=True)
-  except (AttributeError, KeyError) as e:
-    key = str(e).strip("\"'")
-    sys.exit(f"error: a --config.* override names {key!r}, which the config does not have")
-  except (TypeError, ValueError, OSError) as e:
-    sys.exit(f"error: bad --config or --config.* override: {e}")
-  flags.DEFINE_string("workdir", None,
-                      "Checkpoints, metrics and outputs go here (default runs/<config name>). "
-                      "A workdir with checkpoints is resumed.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
-  flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
-  flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+    """--config (an ml_collections config file), --workdir, and multi-host flags."""
+    try:
+        # ml_collections applies the --config.* overrides from sys.argv right here.
+        config_flags.DEFINE_config_file(
+            "config",
+            default_config,
+            "Config file; override fields with --config.key=value.",
+            lock_config=True,
+        )
+    except (AttributeError, KeyError) as e:
+        key = str(e).strip("\"'")
+        sys.exit(f"error: a --config.* override names {key!r}, which the config does not have")
+    except (TypeError, ValueError, OSError) as e:
+        sys.exit(f"error: bad --config or --config.* override: {e}")
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Checkpoints, metrics and outputs go here (default runs/<config name>). "
+        "A workdir with checkpoints is resumed.",
+    )
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
+    flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
 
 
 def workdir_from_flags() -> Path:
-  fl = flags.FLAGS
-  if fl.workdir:
-    return Path(fl.workdir)
-  return Path("runs") / Path(fl["config"].config_filename).stem
+    fl = flags.FLAGS
+    if fl.workdir:
+        return Path(fl.workdir)
+    return Path("runs") / Path(fl["config"].config_filename).stem
 
 
 def run_main(main: Callable[[Any, Path], None]):
-  """absl app.run of main(config, workdir): logging, multi-host init, one-line user errors."""
+    """absl app.run of main(config, workdir): logging, multi-host init, one-line user errors."""
 
-  def _main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Our progress at INFO; libraries (orbax, TFDS, XLA) log every file operation at INFO:
-    # keep only their warnings.
-    logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    for name in ("jaxml", "train"):
-      logging.getLogger(name).setLevel(logging.INFO)
-    fl = flags.FLAGS
-    try:
-      config = fl.config
-      config.keys()  # a config that failed to load raises only when first used
-    except OSError as e:  # a config file that does not load
-      sys.exit(f"error: {e}")
-    try:
-      maybe_initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
-      main(config, workdir_from_flags())
-    except USER_ERRORS as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+    def _main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        # Our progress at INFO; libraries (orbax, TFDS, XLA) log every file operation at INFO:
+        # keep only their warnings.
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        for name in ("jaxml", "train"):
+            logging.getLogger(name).setLevel(logging.INFO)
+        fl = flags.FLAGS
+        try:
+            config = fl.config
+            config.keys()  # a config that failed to load raises only when first used
+        except OSError as e:  # a config file that does not load
+            sys.exit(f"error: {e}")
+        try:
+            maybe_initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
+            main(config, workdir_from_flags())
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
 
-  app.run(_main)
+    app.run(_main)

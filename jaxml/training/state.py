@@ -1,5 +1,7 @@
 """The train state: one PyTree holding everything a restart needs."""
-from typing import Any, Callable
+
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -11,18 +13,19 @@ from jaxml.parallel import sharding
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """step, params, optimizer state, EMA params, base RNG key and mutable collections.
+    """step, params, optimizer state, EMA params, base RNG key and mutable collections.
 
-  `rng` never changes: step k uses fold_in(rng, k), so a resumed run draws the
-  same randomness as an uninterrupted one. `model_state` holds the non-param
-  collections (e.g. {"batch_stats": ...}); `ema_params` is None without EMA.
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-  model_state: Any
-  ema_params: Any = None
+    `rng` never changes: step k uses fold_in(rng, k), so a resumed run draws the
+    same randomness as an uninterrupted one. `model_state` holds the non-param
+    collections (e.g. {"batch_stats": ...}); `ema_params` is None without EMA.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    model_state: Any
+    ema_params: Any = None
 
 
 def create_train_state(
@@ -34,25 +37,25 @@ def create_train_state(
     use_ema: bool = False,
     fsdp_min_size: int = 2**14,
 ) -> tuple[TrainState, Any]:
-  """Initializes the state directly in its sharded layout; returns (state, state_shardings).
+    """Initializes the state directly in its sharded layout; returns (state, state_shardings).
 
-  `init_fn(rng) -> variables` (a flax variables dict with a "params" entry).
-  """
-  init_rng, train_rng = jax.random.split(rng)
+    `init_fn(rng) -> variables` (a flax variables dict with a "params" entry).
+    """
+    init_rng, train_rng = jax.random.split(rng)
 
-  def init(init_rng, train_rng):
-    variables = dict(init_fn(init_rng))
-    params = variables.pop("params")
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=tx.init(params),
-        rng=train_rng,
-        model_state=variables,
-        ema_params=params if use_ema else None,
-    )
+    def init(init_rng, train_rng):
+        variables = dict(init_fn(init_rng))
+        params = variables.pop("params")
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=train_rng,
+            model_state=variables,
+            ema_params=params if use_ema else None,
+        )
 
-  abstract = jax.eval_shape(init, init_rng, train_rng)
-  shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size)
-  state = jax.jit(init, out_shardings=shardings)(init_rng, train_rng)
-  return state, shardings
+    abstract = jax.eval_shape(init, init_rng, train_rng)
+    shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size)
+    state = jax.jit(init, out_shardings=shardings)(init_rng, train_rng)
+    return state, shardings

@@ -1,5 +1,7 @@
 """The jitted train and eval steps: explicit shardings in and out, the state donated."""
-from typing import Any, Callable
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,9 @@ MetricFn = Callable[[Any, Any, Any], dict]
 
 
 def ema_update(ema_params, params, decay):
-  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema_params, params)
+    return jax.tree.map(
+        lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema_params, params
+    )
 
 
 def make_train_step(
@@ -26,57 +30,66 @@ def make_train_step(
     batch_sharding: NamedSharding,
     ema_decay: float | Callable[[jax.Array], jax.Array] | None = None,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-  """step(state, batch) -> (state, metrics); metrics are scalars, replicated.
+    """step(state, batch) -> (state, metrics); metrics are scalars, replicated.
 
-  `ema_decay` is a constant or a function of the step (e.g. EDM's half-life
-  with ramp-up); it is used only when the state carries EMA params.
-  """
-  replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    `ema_decay` is a constant or a function of the step (e.g. EDM's half-life
+    with ramp-up); it is used only when the state carries EMA params.
+    """
+    replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
 
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if ema_params is not None and ema_decay is not None:
-      decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
-      ema_params = ema_update(ema_params, params, decay)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state, ema_params=ema_params)
-    return new_state, metrics
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_params is not None and ema_decay is not None:
+            decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
+            ema_params = ema_update(ema_params, params, decay)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            model_state=model_state,
+            ema_params=ema_params,
+        )
+        return new_state, metrics
 
-  return jax.jit(train_step,
-                 in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, replicated),
-                 donate_argnums=(0,))
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
 
 
-def make_eval_step(metric_fn: MetricFn, *, state_shardings: Any,
-                   batch_sharding: NamedSharding) -> Callable[[TrainState, Any], dict]:
-  """eval_step(state, batch) -> summed metrics of one batch (divide by "count" after the pass)."""
-  replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+def make_eval_step(
+    metric_fn: MetricFn, *, state_shardings: Any, batch_sharding: NamedSharding
+) -> Callable[[TrainState, Any], dict]:
+    """eval_step(state, batch) -> summed metrics of one batch (divide by "count" after the pass)."""
+    replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
 
-  def eval_step(state: TrainState, batch):
-    return metric_fn(state.params, state.model_state, batch)
+    def eval_step(state: TrainState, batch):
+        return metric_fn(state.params, state.model_state, batch)
 
-  return jax.jit(eval_step, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=replicated)
+    return jax.jit(
+        eval_step, in_shardings=(state_shardings, batch_sharding), out_shardings=replicated
+    )
 
 
 def evaluate(eval_step, state: TrainState, batches, to_global) -> dict:
-  """Runs eval_step over an iterator of local batches; returns sums divided by "count"."""
-  totals: dict = {}
-  for local_batch in batches:
-    sums = eval_step(state, to_global(local_batch))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + v
-  totals = jax.device_get(totals)
-  count = float(totals.pop("count", 1.0))
-  return {k: float(v) / max(count, 1.0) for k, v in totals.items()} | {"count": count}
+    """Runs eval_step over an iterator of local batches; returns sums divided by "count"."""
+    totals: dict = {}
+    for local_batch in batches:
+        sums = eval_step(state, to_global(local_batch))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + v
+    totals = jax.device_get(totals)
+    count = float(totals.pop("count", 1.0))
+    return {k: float(v) / max(count, 1.0) for k, v in totals.items()} | {"count": count}
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:
-  return jnp.sum(jnp.where(mask, values, 0.0))
+    return jnp.sum(jnp.where(mask, values, 0.0))

@@ -1,43 +1,44 @@
 """S5 on MNIST-1D (embedded: regenerated locally, 4000 train / 1000 test, length 40).
 
-  python -m train.s5 --config=train/configs/s5_mnist1d.py
+python -m train.s5 --config=train/configs/s5_mnist1d.py
 """
+
 import ml_collections
 
 
 def get_config():
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+    config = ml_collections.ConfigDict()
+    config.seed = 0
 
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "mnist1d"
-  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.data.preprocess = "sequence_classification"
-  config.data.num_classes = 10
-  config.data.eval_split = "test"
-  config.data.batch_size = 64
-  config.data.eval_batch_size = 200
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "mnist1d"
+    config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+    config.data.preprocess = "sequence_classification"
+    config.data.num_classes = 10
+    config.data.eval_split = "test"
+    config.data.batch_size = 64
+    config.data.eval_batch_size = 200
 
-  config.model = ml_collections.ConfigDict()
-  config.model.d_model = 64
-  config.model.state_size = 64
-  config.model.blocks = 4
-  config.model.n_layers = 4
-  config.model.dropout = 0.1
+    config.model = ml_collections.ConfigDict()
+    config.model.d_model = 64
+    config.model.state_size = 64
+    config.model.blocks = 4
+    config.model.n_layers = 4
+    config.model.dropout = 0.1
 
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.ssm_lr = 2e-3
-  config.optimizer.lr_factor = 2.0
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.warmup_epochs = 1.0
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.ssm_lr = 2e-3
+    config.optimizer.lr_factor = 2.0
+    config.optimizer.weight_decay = 0.05
+    config.optimizer.warmup_epochs = 1.0
 
-  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 
-  config.total_steps = 3000
-  config.log_every = 50
-  config.eval_every = 500
-  config.checkpoint_every = 500
-  config.checkpoints_to_keep = 2
-  config.checkpoint_keep_period = ml_collections.FieldReference(None, field_type=int)
-  config.stop_check_every = 1
-  return config
+    config.total_steps = 3000
+    config.log_every = 50
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.checkpoints_to_keep = 2
+    config.checkpoint_keep_period = ml_collections.FieldReference(None, field_type=int)
+    config.stop_check_every = 1
+    return config

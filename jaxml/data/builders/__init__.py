@@ -2,6 +2,7 @@
 
 Importing this package registers the builders `mnist1d` and `digits` with TFDS.
 """
+
 from jaxml.data.builders.digits import Digits
 from jaxml.data.builders.mnist1d import Mnist1d
 
