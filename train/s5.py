@@ -89,7 +89,8 @@ def main(config, workdir):
     if warmup_steps >= config.total_steps:
         raise cli.ConfigError(
             f"warmup ({config.optimizer.warmup_epochs} epochs = {warmup_steps} steps) must be "
-            f"shorter than config.total_steps={config.total_steps}; lower config.optimizer.warmup_epochs"
+            f"shorter than config.total_steps={config.total_steps}; "
+            "lower config.optimizer.warmup_epochs"
         )
     tx = s5_optimizer(
         total_steps=config.total_steps,
