@@ -10,6 +10,7 @@ tensorboard/, and final_metrics.json (test accuracy of the last step).
 
 import json
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from jaxml.models.s5 import S5Classifier
 from jaxml.ssm.optimizer import s5_optimizer
 from jaxml.training import cli, loop
 
-cli.define_flags("train/configs/s5_mnist1d.py")
+cli.define_flags(str(Path(__file__).parent / "configs" / "s5_mnist1d.py"))
 log = logging.getLogger("train.s5")
 
 
