@@ -164,3 +164,18 @@ def test_global_batch_not_divisible_by_processes_is_an_error():
         data.train_iterator(
             _Indices(10), global_batch_size=5, seed=0, process_index=0, process_count=2
         )
+
+
+def test_bilinear_resize_matches_jax():
+    import jax
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(3, 8, 8, 1)).astype(np.float32)
+    for size in (16, 32):
+        ours = preprocess.resize_bilinear(images, size)
+        reference = jax.image.resize(images, (3, size, size, 1), method="linear")
+        np.testing.assert_allclose(ours, np.asarray(reference), rtol=1e-5, atol=1e-3)
+    flat = preprocess.get("image_classification_flat", image_size=32)(
+        {"image": images.astype(np.uint8), "label": np.arange(3)}
+    )
+    assert flat["inputs"].shape == (3, 1024, 1) and 0 <= flat["inputs"].min() <= flat["inputs"].max() <= 1

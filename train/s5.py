@@ -74,7 +74,7 @@ def main(config, workdir):
     batch_sharding = parallel.batch_sharding(mesh)
     log.info("mesh %s over %d processes", dict(mesh.shape), jax.process_count())
 
-    preprocess = preprocessing.get(config.data.preprocess)
+    preprocess = preprocessing.get(config.data.preprocess, config.data.get("image_size"))
     train_source = data.data_source(config.data.name, "train", config.data.data_dir)
     test_source = data.data_source(config.data.name, config.data.eval_split, config.data.data_dir)
     train_iterator = data.train_iterator(
