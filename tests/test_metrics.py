@@ -1,0 +1,285 @@
+"""Sample-quality metrics: Fréchet distance, FD-digits, and the Inception-v3 FID network.
+
+No real Inception weights exist offline, so the FID tests check the
+architecture (shapes, parameter count against torchvision's), the weights
+file format (round trip, ignored extras, clear errors) and the plumbing with
+random weights.
+"""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from jaxml.diffusion import metrics
+
+# torchvision's inception_v3 has 27,161,264 parameters; minus the aux head
+# (3,326,696) and the fc layer (2,049,000) leaves the pool3 backbone.
+TORCHVISION_BACKBONE_PARAMS = 27_161_264 - 3_326_696 - 2_049_000
+
+
+def _random_psd(rng, dim, rank=None):
+    a = rng.standard_normal((dim, rank or dim))
+    return a @ a.T / dim
+
+
+# --- Fréchet distance --------------------------------------------------------
+
+
+def test_frechet_distance_1d_closed_form():
+    # N(m1, v1) vs N(m2, v2): (m1 - m2)² + v1 + v2 - 2 sqrt(v1 v2) = Δm² + (s1 - s2)².
+    assert metrics.frechet_distance(1.0, 4.0, -2.0, 9.0) == pytest.approx(9.0 + (2.0 - 3.0) ** 2)
+
+
+def test_frechet_distance_diagonal_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(7), rng.standard_normal(7)
+    s1, s2 = rng.uniform(0.1, 3.0, 7), rng.uniform(0.1, 3.0, 7)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2.0 * np.sqrt(s1 * s2))
+    got = metrics.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_full_covariance():
+    rng = np.random.default_rng(1)
+    dim = 24
+    mu1, mu2 = rng.standard_normal(dim), rng.standard_normal(dim)
+    s1, s2 = _random_psd(rng, dim), _random_psd(rng, dim)
+    # The textbook computation (pytorch-fid's), independent of the eigh route.
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2.0 * np.real(covmean))
+    assert metrics.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_zero_for_identical_and_symmetric():
+    rng = np.random.default_rng(2)
+    mu = rng.standard_normal(16)
+    singular = _random_psd(rng, 16, rank=5)        # rank-deficient, as with dead ReLU units
+    full = _random_psd(rng, 16)
+    assert metrics.frechet_distance(mu, singular, mu, singular) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.frechet_distance(mu, full, mu, full) == pytest.approx(0.0, abs=1e-9)
+    mu2 = rng.standard_normal(16)
+    ab = metrics.frechet_distance(mu, singular, mu2, full)
+    ba = metrics.frechet_distance(mu2, full, mu, singular)
+    assert ab > 0 and ab == pytest.approx(ba, rel=1e-9)
+
+
+def test_feature_statistics_and_input_errors():
+    features = np.random.default_rng(3).standard_normal((50, 4))
+    mu, sigma = metrics.feature_statistics(features)
+    np.testing.assert_allclose(mu, features.mean(0))
+    np.testing.assert_allclose(sigma, np.cov(features.T))
+    assert metrics.feature_statistics(features[:, :1])[1].shape == (1, 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.feature_statistics(features[:1])
+    with pytest.raises(ValueError, match=r"\(N, F\)"):
+        metrics.feature_statistics(features[0])
+    with pytest.raises(ValueError, match="sigma2 must be"):
+        metrics.frechet_distance(mu, sigma, mu, sigma[:3, :3])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.frechet_distance(mu, sigma * np.nan, mu, sigma)
+
+
+# --- FD-digits ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_dirs(tmp_path_factory):
+    """(cache_dir, data_dir) with the classifier trained once for this module."""
+    cache_dir = str(tmp_path_factory.mktemp("metrics_cache"))
+    data_dir = str(tmp_path_factory.mktemp("metrics_data"))
+    metrics.digits_classifier(cache_dir, data_dir)
+    return cache_dir, data_dir
+
+
+def test_digits_classifier_accuracy_and_cache(digits_dirs):
+    cache_dir, data_dir = digits_dirs
+    params, info = metrics.digits_classifier(cache_dir, data_dir)   # read back from the cache
+    assert info["test_accuracy"] >= 0.95, info
+    payload = flax.serialization.msgpack_restore(
+        (metrics.Path(cache_dir) / metrics.DIGITS_CACHE_FILE).read_bytes())
+    assert payload["version"] == metrics.DIGITS_CLASSIFIER_VERSION
+    assert payload["info"]["test_accuracy"] == info["test_accuracy"]
+
+
+def test_digits_stale_or_corrupt_cache_is_retrained(digits_dirs, tmp_path, monkeypatch):
+    good_params, good_info = metrics.digits_classifier(*digits_dirs)
+    calls = []
+
+    def fake_train(data_dir, **kwargs):
+        calls.append(kwargs)
+        return good_params, good_info
+
+    monkeypatch.setattr(metrics, "train_digits_classifier", fake_train)
+    cache_file = tmp_path / metrics.DIGITS_CACHE_FILE
+    cache_file.write_bytes(flax.serialization.msgpack_serialize(
+        {"version": "digits-old", "params": flax.serialization.to_state_dict(good_params),
+         "info": good_info}))
+    metrics.digits_classifier(tmp_path, digits_dirs[1])
+    assert len(calls) == 1
+    payload = flax.serialization.msgpack_restore(cache_file.read_bytes())
+    assert payload["version"] == metrics.DIGITS_CLASSIFIER_VERSION
+    metrics.digits_classifier(tmp_path, digits_dirs[1])              # now a cache hit
+    assert len(calls) == 1
+    cache_file.write_bytes(b"not msgpack at all")
+    metrics.digits_classifier(tmp_path, digits_dirs[1])
+    assert len(calls) == 2
+
+
+def test_fd_digits_floor_is_far_below_noise(digits_dirs):
+    cache_dir, data_dir = digits_dirs
+    numbers = metrics.digits_reference_numbers(cache_dir, data_dir)
+    floor = numbers["fd_test_vs_train"]
+    assert 0.0 < floor < 10.0, numbers
+    assert numbers["fd_uniform_noise"] > 30 * floor, numbers
+    assert numbers["fd_gaussian_noise"] > 30 * floor, numbers
+    assert metrics.digits_reference_floor(cache_dir, data_dir) == floor
+
+    # fd_digits on the test images is the floor; 2× upsampled copies pool back exactly.
+    test_images, _ = metrics._load_digits("test", data_dir)
+    assert metrics.fd_digits(test_images, cache_dir=cache_dir, data_dir=data_dir,
+                             batch_size=128) == pytest.approx(floor, rel=1e-6)
+    upsampled = np.repeat(np.repeat(test_images[..., 0], 2, axis=1), 2, axis=2)   # (N, 16, 16)
+    assert metrics.fd_digits(upsampled, cache_dir=cache_dir,
+                             data_dir=data_dir) == pytest.approx(floor, rel=1e-6)
+
+
+def test_digits_features_are_jittable_and_check_shapes(digits_dirs):
+    features = metrics.digits_feature_extractor(*digits_dirs)
+    images = jnp.zeros((3, 8, 8, 1))
+    out = jax.jit(lambda x: features(x) * 2.0)(images)
+    assert out.shape == (3, metrics.DIGITS_FEATURES)
+    np.testing.assert_allclose(np.asarray(out), 2.0 * np.asarray(features(images)),
+                               rtol=1e-5, atol=1e-6)
+    uint8 = np.full((2, 8, 8), 255, np.uint8)
+    ones = np.ones((2, 8, 8, 1), np.float32)
+    np.testing.assert_allclose(np.asarray(features(uint8)), np.asarray(features(ones)),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        metrics.digits_preprocess(np.zeros((2, 12, 12, 1)))
+    with pytest.raises(ValueError, match=r"\(N, H, W, 1\)"):
+        metrics.digits_preprocess(np.zeros((2, 8, 8, 3)))
+
+
+# --- Inception-v3 / FID ------------------------------------------------------
+
+
+def test_inception_architecture_shapes():
+    out = jax.eval_shape(
+        lambda x: metrics.InceptionV3().init_with_output(jax.random.key(0), x)[0],
+        jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32))
+    assert out.shape == (2, metrics.INCEPTION_FEATURES)
+    shapes = metrics._inception_param_shapes()
+    assert len(shapes) == 94 * 5          # 94 conv+BN blocks: kernel, scale, bias, mean, var
+    trainable = sum(int(np.prod(s.shape)) for k, s in shapes.items()
+                    if k[-1] not in ("mean", "var"))
+    assert trainable == TORCHVISION_BACKBONE_PARAMS
+    # Spot checks of torchvision names/shapes, including the FID-specific Mixed_7c block.
+    assert shapes[("Mixed_6b", "branch7x7_2", "conv", "kernel")].shape == (1, 7, 128, 128)
+    assert shapes[("Mixed_7c", "branch_pool", "conv", "kernel")].shape == (1, 1, 2048, 192)
+
+
+def test_inception_preprocess():
+    gray = np.random.default_rng(4).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    x = metrics.inception_preprocess(gray)
+    assert x.shape == (2, 299, 299, 3)
+    np.testing.assert_allclose(np.asarray(x[..., 0]), np.asarray(x[..., 2]))
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    as_float = metrics.inception_preprocess(gray.astype(np.float32) / 127.5 - 1.0)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(as_float), atol=1e-6)
+    constant = metrics.inception_preprocess(np.full((1, 32, 32, 3), 0.25, np.float32))
+    np.testing.assert_allclose(np.asarray(constant), 0.25, atol=1e-6)
+    with pytest.raises(ValueError, match="C in"):
+        metrics.inception_preprocess(np.zeros((1, 8, 8, 2)))
+
+
+def test_inception_missing_weights_error(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere" / metrics.INCEPTION_WEIGHTS_FILE
+    with pytest.raises(FileNotFoundError) as err:
+        metrics.load_inception_params(missing)
+    message = str(err.value)
+    assert str(missing) in message and "never downloads" in message
+    assert metrics.INCEPTION_PTH_URL in message and "JAXML_INCEPTION_WEIGHTS" in message
+    monkeypatch.setenv("JAXML_INCEPTION_WEIGHTS", str(missing))
+    assert metrics.default_inception_weights_path() == missing
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        metrics.fid(np.zeros((2, 8, 8, 1)), (np.zeros(2048), np.eye(2048)))
+
+
+def test_inception_bad_weights_errors(tmp_path):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a zip file")
+    with pytest.raises(metrics.InceptionWeightsError, match="cannot read"):
+        metrics.load_inception_params(garbage)
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, **{"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 3), np.float32)})
+    with pytest.raises(metrics.InceptionWeightsError, match="missing"):
+        metrics.load_inception_params(partial)
+
+
+def test_inception_weights_round_trip(tmp_path):
+    params = metrics.init_inception_params(seed=0)
+    path = tmp_path / metrics.INCEPTION_WEIGHTS_FILE
+    metrics.save_inception_params(params, path)
+    with np.load(path) as data:
+        arrays = dict(data)
+    # The state-dict layout of pytorch-fid's file: torch names, OIHW kernels.
+    assert arrays["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
+    assert arrays["Mixed_7b.branch3x3_2a.conv.weight"].shape == (384, 384, 1, 3)
+    assert "Mixed_5b.branch_pool.bn.running_var" in arrays
+    # Entries of the real file that the pool3 network does not use are ignored.
+    arrays.update({"fc.weight": np.zeros((1008, 2048), np.float32),
+                   "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0)})
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    loaded = metrics.load_inception_params(path)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+
+    # Same outputs end to end (uint8 8×8 grayscale -> 299×299 RGB -> pool3).
+    images = np.random.default_rng(5).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    expected = metrics.inception_feature_extractor(params=params)(images)
+    got = metrics.inception_feature_extractor(path)(images)
+    assert got.shape == (2, metrics.INCEPTION_FEATURES)
+    assert np.all(np.isfinite(np.asarray(got)))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+    # A wrong shape (e.g. a kernel stored HWIO instead of OIHW) is named.
+    arrays["Conv2d_2a_3x3.conv.weight"] = arrays["Conv2d_2a_3x3.conv.weight"][:16]
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    wrong = r"Conv2d_2a_3x3.conv.weight is \(16, 32, 3, 3\), want \(32, 32, 3, 3\)"
+    with pytest.raises(metrics.InceptionWeightsError, match=wrong):
+        metrics.load_inception_params(path)
+
+
+def test_fid_and_reference_stats_plumbing(tmp_path):
+    # A cheap stand-in feature network: the pixels themselves.
+    def features_fn(images):
+        return np.asarray(images, np.float32).reshape(len(images), -1)
+
+    rng = np.random.default_rng(6)
+    reference = rng.uniform(-1, 1, (300, 2, 2, 1)).astype(np.float32)
+    stats_path = tmp_path / "stats" / "ref.npz"
+    mu, sigma = metrics.compute_reference_stats(reference, stats_path, features_fn=features_fn,
+                                                batch_size=64)
+    loaded_mu, loaded_sigma = metrics.load_reference_stats(stats_path)
+    np.testing.assert_array_equal(loaded_mu, mu)
+    np.testing.assert_array_equal(loaded_sigma, sigma)
+    np.testing.assert_allclose(mu, reference.reshape(300, -1).astype(np.float64).mean(0))
+
+    same = metrics.fid(reference, stats_path, features_fn=features_fn)
+    assert same == pytest.approx(0.0, abs=1e-9)
+    shifted = reference + 0.5
+    shifted_stats = metrics.feature_statistics(features_fn(shifted))
+    expected = metrics.frechet_distance(*shifted_stats, mu, sigma)
+    assert expected == pytest.approx(4 * 0.25, rel=1e-6)       # only the means moved
+    for stats in (stats_path, (mu, sigma), {"mu": mu, "sigma": sigma}):
+        assert metrics.fid(shifted, stats, features_fn=features_fn,
+                           batch_size=64) == pytest.approx(expected, rel=1e-9)
+
+    with pytest.raises(FileNotFoundError, match="compute_reference_stats"):
+        metrics.load_reference_stats(tmp_path / "none.npz")
+    np.savez(tmp_path / "bad.npz", mean=mu)
+    with pytest.raises(ValueError, match="'mu' and 'sigma'"):
+        metrics.load_reference_stats(tmp_path / "bad.npz")
