@@ -94,6 +94,18 @@ class Checkpointer:
             ) from e
         return restored.state, restored.data
 
+    def restore_state(self, step: int, abstract_state: Any) -> TrainState:
+        """Only the train state (e.g. to sample from it), in the layout `abstract_state` carries."""
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            )
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot restore step {step} from {self.directory}: {type(e).__name__}: {e}"
+            ) from e
+        return restored.state
+
     def saved_config(self, step: int) -> dict | None:
         try:
             return self._manager.restore(

@@ -36,10 +36,12 @@ def create_train_state(
     *,
     use_ema: bool = False,
     fsdp_min_size: int = 2**14,
+    abstract_only: bool = False,
 ) -> tuple[TrainState, Any]:
     """Initializes the state directly in its sharded layout; returns (state, state_shardings).
 
     `init_fn(rng) -> variables` (a flax variables dict with a "params" entry).
+    With `abstract_only`, the state holds ShapeDtypeStructs (a restore target), no arrays.
     """
     init_rng, train_rng = jax.random.split(rng)
 
@@ -57,5 +59,10 @@ def create_train_state(
 
     abstract = jax.eval_shape(init, init_rng, train_rng)
     shardings = sharding.state_shardings(abstract, mesh, fsdp_min_size)
+    if abstract_only:
+        state = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+        return state, shardings
     state = jax.jit(init, out_shardings=shardings)(init_rng, train_rng)
     return state, shardings
