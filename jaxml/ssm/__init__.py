@@ -1,4 +1,5 @@
 """S5 state-space models: HiPPO-N init, discretization, linear recurrences, the S5 SSM."""
+
 from jaxml.ssm.discretize import discretize, discretize_bilinear, discretize_zoh
 from jaxml.ssm.init import hippo_n_init, make_dplr_hippo, make_hippo
 from jaxml.ssm.optimizer import s5_optimizer, s5_param_labels, s5_schedules

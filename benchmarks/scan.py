@@ -1,0 +1,322 @@
+"""Timing of `linear_recurrence` implementations and of one S5 layer.
+
+    python benchmarks/scan.py             # L in {1k, 4k, 16k}, batch 8, P 256, complex64
+    python benchmarks/scan.py --quick     # small smoke run
+    python benchmarks/scan.py --replot benchmarks/results/scan_cpu.json   # stats + PNG only
+
+For every length, implementation and mode (forward; forward + backward) the
+jitted function is compiled once, then all cases are timed round-robin
+`--repeats` times, so that load from other processes hits every case alike.
+We report medians (and minima, which load from other work disturbs least) and
+ratios against "associative" (the algorithm of the official S5 code) measured
+in the same run. Writes benchmarks/results/scan_<backend>.json and .png; the
+fastest forward+backward implementation per backend is what
+`linear_recurrence(impl="auto")` uses.
+
+Cases:
+  recurrence  h_t = Λ̄ h_{t-1} + b_t with one Λ̄ (P,) for all steps and b
+              (batch, L, P) complex64: the S5 scan alone. Backward: gradients
+              w.r.t. Λ̄ and b of a real loss.
+  s5_layer    one S5Layer (BatchNorm prenorm, S5SSM, half_glu1, residual) with
+              H = 128 features and a stored state of P complex numbers
+              (state_size = 2P with conj_sym), input (batch, L, H). Backward:
+              gradients w.r.t. all parameters and the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxml.models.s5 import S5Layer
+from jaxml.ssm import linear_recurrence
+from jaxml.ssm.recurrence import resolve_impl
+
+IMPLS = ("associative", "sequential", "chunked")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def recurrence_fns(impl: str, chunk_size: int):
+    def fwd(a, b):
+        return linear_recurrence(a, b, axis=1, impl=impl, chunk_size=chunk_size)
+
+    def loss(a, b):
+        h = fwd(a, b)
+        return jnp.sum(h.real) + 0.5 * jnp.sum(h.imag)
+
+    return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def recurrence_inputs(batch: int, length: int, P: int):
+    rng = np.random.default_rng(0)
+    a = 0.999 * np.exp(1j * rng.uniform(-np.pi, np.pi, P))
+    b = rng.normal(size=(batch, length, P)) + 1j * rng.normal(size=(batch, length, P))
+    return jnp.asarray(a, jnp.complex64), jnp.asarray(b, jnp.complex64)
+
+
+def layer_fns(impl: str, H: int, P: int, batch: int, length: int):
+    layer = S5Layer(state_size=2 * P, blocks=8, scan_impl=impl)
+    x = jax.random.normal(jax.random.key(1), (batch, length, H))
+    variables = layer.init(jax.random.key(0), x[:, :16])  # parameters do not depend on L
+
+    def fwd(variables, x):
+        return layer.apply(variables, x)
+
+    def loss(params, x):
+        return jnp.sum(layer.apply({**variables, "params": params}, x) ** 2)
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    return jax.jit(fwd), (lambda variables, x: grad(variables["params"], x)), (variables, x)
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info() -> dict:
+    dev = jax.devices()[0]
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
+        "auto_impl": resolve_impl("auto"),
+        # Other work shares the machine: the load average says how much.
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run(args) -> dict:
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    cases = []  # (name, impl, L, mode, fn, args)
+    compile_s = {}
+    for length in args.lengths:
+        a, b = recurrence_inputs(args.batch, length, args.P)
+        for impl in args.impls:
+            f, g = recurrence_fns(impl, args.chunk_size)
+            cases.append(("recurrence", impl, length, "fwd", f, (a, b)))
+            cases.append(("recurrence", impl, length, "fwd_bwd", g, (a, b)))
+        if not args.no_layer:
+            for impl in args.impls:
+                f, g, (variables, x) = layer_fns(impl, args.H, args.P, args.batch, length)
+                cases.append(("s5_layer", impl, length, "fwd", f, (variables, x)))
+                cases.append(("s5_layer", impl, length, "fwd_bwd", g, (variables, x)))
+
+    for name, impl, length, mode, fn, fn_args in cases:
+        seconds = timed(fn, *fn_args)  # compile + first run
+        compile_s[(name, impl, length, mode)] = seconds
+        print(f"compiled {name:10s} {impl:11s} L={length:6d} {mode:7s} {seconds:7.2f}s", flush=True)
+
+    times = {key: [] for key in compile_s}
+    for rep in range(args.repeats):
+        # Round-robin over lengths too, so slow drifts in machine load spread evenly.
+        for name, impl, length, mode, fn, fn_args in cases:
+            times[(name, impl, length, mode)].append(timed(fn, *fn_args))
+        print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
+
+    raw = [
+        {
+            "case": name,
+            "impl": impl,
+            "length": length,
+            "mode": mode,
+            "times_s": ts,
+            "compile_and_first_run_s": compile_s[(name, impl, length, mode)],
+        }
+        for (name, impl, length, mode), ts in times.items()
+    ]
+    results = summarize(raw)
+
+    return {
+        "benchmark": "benchmarks/scan.py",
+        "command": " ".join(["python benchmarks/scan.py"] + sys.argv[1:]),
+        "device": {**device_info(), "load_average_at_start": load_at_start},
+        "config": {
+            "batch": args.batch,
+            "P": args.P,
+            "H": args.H,
+            "dtype": "complex64",
+            "lengths": args.lengths,
+            "impls": list(args.impls),
+            "chunk_size": args.chunk_size,
+            "repeats": args.repeats,
+            "statistic": "median (and min) over round-robin repeats",
+        },
+        "fastest": fastest(results),
+        "results": results,
+    }
+
+
+def summarize(raw: list[dict]) -> list[dict]:
+    """Adds medians, minima and ratios against "associative" (same case, length and mode)."""
+
+    def stat(fn, r):
+        return fn(r["times_s"])
+
+    by_key = {(r["case"], r["impl"], r["length"], r["mode"]): r for r in raw}
+    results = []
+    for r in raw:
+        base = by_key.get((r["case"], "associative", r["length"], r["mode"]))
+        med, low = statistics.median(r["times_s"]), min(r["times_s"])
+        results.append(
+            {
+                **r,
+                "median_s": med,
+                "min_s": low,
+                "ratio_vs_associative": med / stat(statistics.median, base) if base else None,
+                "ratio_vs_associative_min": low / stat(min, base) if base else None,
+            }
+        )
+    return results
+
+
+def fastest(results: list[dict]) -> dict:
+    """Fastest implementation per case and mode: geometric mean of the medians over lengths."""
+    out = {}
+    for name in sorted({r["case"] for r in results}):
+        for mode in ("fwd", "fwd_bwd"):
+            rows = [r for r in results if r["case"] == name and r["mode"] == mode]
+            impls = sorted({r["impl"] for r in rows})
+            score = {
+                i: np.mean([np.log(r["median_s"]) for r in rows if r["impl"] == i]) for i in impls
+            }
+            out[f"{name}/{mode}"] = min(score, key=score.get)
+    return out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    case_names = [c for c in ("recurrence", "s5_layer") if any(r["case"] == c for r in res)]
+    fig, axes = plt.subplots(2, len(case_names), figsize=(6 * len(case_names), 8), squeeze=False)
+    colors = {"associative": "tab:blue", "sequential": "tab:orange", "chunked": "tab:green"}
+    styles = {"fwd": "-", "fwd_bwd": "--"}
+    for col, name in enumerate(case_names):
+        for impl in report["config"]["impls"]:
+            for mode in ("fwd", "fwd_bwd"):
+                rows = sorted(
+                    (
+                        r
+                        for r in res
+                        if r["case"] == name and r["impl"] == impl and r["mode"] == mode
+                    ),
+                    key=lambda r: r["length"],
+                )
+                lengths = [r["length"] for r in rows]
+                label = f"{impl} {mode.replace('_', '+')}"
+                kw = dict(color=colors.get(impl), linestyle=styles[mode], marker="o", label=label)
+                axes[0, col].plot(lengths, [1e3 * r["median_s"] for r in rows], **kw)
+                if rows and rows[0]["ratio_vs_associative"] is not None:
+                    speedup = [1.0 / r["ratio_vs_associative"] for r in rows]
+                    axes[1, col].plot(lengths, speedup, **kw)
+                    # Ratio of the fastest repeats: less sensitive to load from other work.
+                    mins = [1.0 / r["ratio_vs_associative_min"] for r in rows]
+                    axes[1, col].plot(lengths, mins, color=colors.get(impl), marker="x", ls="none")
+        title = {"recurrence": "linear_recurrence", "s5_layer": "one S5 layer"}[name]
+        cfg = report["config"]
+        axes[0, col].set_title(f"{title}: batch {cfg['batch']}, P {cfg['P']}, complex64")
+        axes[0, col].set_ylabel("median time [ms]")
+        axes[1, col].set_ylabel("speed-up vs associative (same run)\nlines: medians, x: minima")
+        axes[1, col].axhline(1.0, color="gray", linewidth=0.8)
+        for row in range(2):
+            ax = axes[row, col]
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequence length L")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0, col].set_yscale("log")
+        axes[1, col].set_yscale("log", base=2)  # one noisy outlier should not flatten the rest
+        axes[0, col].legend(fontsize=8)
+    dev = report["device"]
+    fig.suptitle(
+        f"{dev['backend']}: {dev['device_kind']} ({dev['cpu_model']}, {dev['cpu_count']} cores), "
+        f"jax {dev['jax']}; shared machine, ratios are side by side",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--P", type=int, default=256, help="stored (complex) state size")
+    parser.add_argument("--H", type=int, default=128, help="features of the S5 layer")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-layer", action="store_true", help="time the recurrence only")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default results/scan_<backend>.json)"
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        help="recompute the statistics and the PNG from this JSON's raw times (no timing)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.lengths, args.batch, args.P, args.H, args.repeats = [256, 1024], 2, 32, 16, 3
+
+    if args.replot:
+        report = json.loads(args.replot.read_text())
+        report["results"] = summarize(report["results"])
+        report["fastest"] = fastest(report["results"])
+        report["config"]["statistic"] = "median (and min) over round-robin repeats"
+        args.out = args.out or args.replot
+    else:
+        report = run(args)
+    out = args.out or RESULTS / f"scan_{jax.default_backend()}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    plot(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    for r in sorted(
+        report["results"], key=lambda r: (r["case"], r["mode"], r["length"], r["impl"])
+    ):
+        ratio = r["ratio_vs_associative"]
+        ratio = f"   x{ratio:.2f} of associative" if ratio else ""
+        ms = 1e3 * r["median_s"]
+        print(
+            f"{r['case']:10s} {r['mode']:7s} L={r['length']:6d} {r['impl']:11s} {ms:9.1f} ms{ratio}"
+        )
+    print("fastest:", report["fastest"])
+
+
+if __name__ == "__main__":
+    main()

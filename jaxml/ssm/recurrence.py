@@ -1,0 +1,282 @@
+"""Diagonal linear recurrences h_t = a_t * h_{t-1} + b_t, the scan at the heart of S5.
+
+`linear_recurrence` handles the user-facing options (time axis, initial state,
+episode resets, broadcasting, reverse direction) and reduces every call to one
+*core* problem: a time-major recurrence with zero initial state. Cores are
+interchangeable algorithms for that problem:
+
+- ``associative``: `lax.associative_scan` on pairs (a, b), O(log L) depth. This
+  is the algorithm of the official S5 code.
+- ``sequential``: a `lax.scan` over time, O(L) depth but the least work.
+- ``chunked``: sequential scans inside fixed-size chunks, run for all chunks at
+  once, plus an associative scan across chunk boundaries. This is the layout a
+  Pallas kernel uses (one chunk per program, carries combined afterwards).
+- ``pallas``: a slot that the kernels package fills with `register_impl`.
+
+All cores are plain JAX, so gradients (w.r.t. a, b and h0) come from autodiff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# A core takes time-major `a` (length 1 when constant in time, otherwise L;
+# other dims broadcastable to b's) and `b` (L, ...), and returns h (L, ...)
+# for a zero initial state.
+CoreFn = Callable[..., jax.Array]
+
+DEFAULT_CHUNK_SIZE = 64
+
+# Fastest core per backend, measured with benchmarks/scan.py (B 8, P 256,
+# complex64, forward+backward). Backends not listed use "associative".
+AUTO_IMPL = {
+    "cpu": "sequential",
+    "gpu": "associative",
+    "tpu": "associative",
+}
+
+
+# --------------------------------------------------------------------------
+# Cores
+# --------------------------------------------------------------------------
+
+
+def _combine(left, right):
+    """Compose two affine maps h -> a h + b; `left` is applied first."""
+    a_l, b_l = left
+    a_r, b_r = right
+    return a_r * a_l, a_r * b_l + b_r
+
+
+def _associative_core(a, b, *, reverse: bool) -> jax.Array:
+    # The scan needs a value for every step; its other dims may stay
+    # broadcastable (e.g. one Lambda_bar for the whole batch), which keeps the
+    # a-products of the scan tree small.
+    a = jnp.broadcast_to(a, (b.shape[0],) + a.shape[1:])
+    _, h = lax.associative_scan(_combine, (a, b), reverse=reverse)
+    return h
+
+
+def _sequential_core(a, b, *, reverse: bool, unroll: int = 1) -> jax.Array:
+    h_init = jnp.zeros(b.shape[1:], b.dtype)
+    if a.shape[0] == 1:
+        # Time-invariant a (the S5 case): close over it instead of scanning a
+        # broadcast copy, which would double the memory traffic per step.
+        a_c = a[0]
+
+        def step(h, b_t):
+            h = a_c * h + b_t
+            return h, h
+
+        _, h = lax.scan(step, h_init, b, reverse=reverse, unroll=unroll)
+    else:
+
+        def step(h, ab_t):
+            a_t, b_t = ab_t
+            h = a_t * h + b_t
+            return h, h
+
+        _, h = lax.scan(step, h_init, (a, b), reverse=reverse, unroll=unroll)
+    return h
+
+
+def _chunked_core(a, b, *, reverse: bool, chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
+    length = b.shape[0]
+    t = min(chunk_size, length)
+    n = -(-length // t)  # number of chunks
+    pad = n * t - length
+    const_a = a.shape[0] == 1
+    if pad:
+        # Identity steps (a=1, b=0) at the end: they come after every real step
+        # going forward, and going backward they carry the zero state unchanged.
+        b = jnp.concatenate([b, jnp.zeros((pad,) + b.shape[1:], b.dtype)])
+        if not const_a:
+            a = jnp.concatenate([a, jnp.ones((pad,) + a.shape[1:], a.dtype)])
+
+    # (n*t, ...) -> (t, n, ...): scan over the position inside a chunk while all
+    # chunks advance together.
+    def to_chunks(x):
+        return jnp.swapaxes(x.reshape((n, t) + x.shape[1:]), 0, 1)
+
+    b_c = to_chunks(b)
+
+    # Local pass: state from a zero start at each chunk boundary, and the
+    # running product of a since that boundary.
+    def step(carry, ab_t):
+        h, prod = carry
+        a_t, b_t = ab_t
+        h = a_t * h + b_t
+        prod = a_t * prod
+        return (h, prod), (h, prod)
+
+    if const_a:
+        a_c = a  # (1, ...): the same for every position and chunk
+        xs = (jnp.broadcast_to(a_c, (t,) + a_c.shape[1:])[:, None], b_c)
+    else:
+        xs = (to_chunks(a), b_c)
+    init = (jnp.zeros(b_c.shape[1:], b.dtype), jnp.ones(xs[0].shape[1:], a.dtype))
+    _, (h_loc, prod) = lax.scan(step, init, xs, reverse=reverse)
+
+    # Carries across chunk boundaries: the state entering each chunk is the
+    # (exclusive) scan of the per-chunk maps h -> prod_total * h + h_last.
+    last = 0 if reverse else t - 1
+    prod_last = prod[last]
+    totals = (jnp.broadcast_to(prod_last, (n,) + prod_last.shape[1:]), h_loc[last])
+    _, h_end = lax.associative_scan(_combine, totals, reverse=reverse)  # (n, ...)
+    zero = jnp.zeros((1,) + h_end.shape[1:], h_end.dtype)
+    if reverse:
+        h_in = jnp.concatenate([h_end[1:], zero])
+    else:
+        h_in = jnp.concatenate([zero, h_end[:-1]])
+
+    h = h_loc + prod * h_in[None]
+    h = jnp.swapaxes(h, 0, 1).reshape((n * t,) + h.shape[2:])
+    return h[:length]
+
+
+def _pallas_not_registered(a, b, *, reverse: bool):
+    raise NotImplementedError(
+        "linear_recurrence(impl='pallas') needs the Pallas kernel from the "
+        "pallas_kernels package (the kernels issue), which registers itself with "
+        "jaxml.ssm.recurrence.register_impl('pallas', fn). It is not registered in "
+        "this process; use impl='auto', 'associative', 'sequential' or 'chunked'."
+    )
+
+
+_IMPLS: dict[str, CoreFn] = {
+    "associative": _associative_core,
+    "sequential": _sequential_core,
+    "chunked": _chunked_core,
+    "pallas": _pallas_not_registered,
+}
+
+
+def register_impl(name: str, fn: CoreFn) -> None:
+    """Registers a core under `name` (the Pallas kernels fill the "pallas" slot).
+
+    `fn(a, b, *, reverse)` receives time-major arrays: `b` of shape (L, ...) and
+    `a` of shape (1 or L, ...) broadcastable to `b`; it returns h (L, ...) for a
+    zero initial state. Resets, h0 and the time axis are handled before the call.
+    """
+    if name == "auto":
+        raise ValueError("'auto' is reserved for the backend-dependent choice.")
+    _IMPLS[name] = fn
+
+
+def available_impls() -> tuple[str, ...]:
+    return ("auto",) + tuple(_IMPLS)
+
+
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+    """Maps "auto" to the measured choice for `backend` (default: JAX's default)."""
+    if impl == "auto":
+        return AUTO_IMPL.get(backend or jax.default_backend(), "associative")
+    if impl not in _IMPLS:
+        raise ValueError(
+            f"Unknown linear_recurrence impl {impl!r}; expected one of {available_impls()}."
+        )
+    return impl
+
+
+# --------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------
+
+
+def _broadcasts_to(shape, target) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+
+
+def linear_recurrence(
+    a,
+    b,
+    h0=None,
+    *,
+    axis: int = 0,
+    reverse: bool = False,
+    impl: str = "auto",
+    reset=None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> jax.Array:
+    """Computes h_t = a_t * h_{t-1} + b_t along `axis` (elementwise, real or complex).
+
+    Args:
+      a: multipliers, broadcastable to `b` (e.g. shape (P,) for a time-invariant
+        diagonal state matrix and `b` of shape (batch, L, P)).
+      b: inputs; `b.shape[axis]` is the sequence length L.
+      h0: state before the first step (h_{-1}), shape broadcastable to `b`
+        without its time axis; zeros when None.
+      axis: the time axis of `b`.
+      reverse: run from the end: h_t = a_t * h_{t+1} + b_t, and `h0` is the state
+        beyond the last step.
+      impl: "auto", "associative", "sequential", "chunked" or "pallas".
+      reset: optional boolean mask of episode starts. Where it is True the
+        recurrence restarts, h_t = b_t (the previous state, or `h0` at the first
+        step, is treated as 0). Its shape is broadcastable to `b`, or it may give
+        only `b`'s leading dims through the time axis (e.g. (batch, L) for `b`
+        of shape (batch, L, P)).
+      chunk_size: chunk length of the "chunked" implementation.
+
+    Returns:
+      h with the shape of `b` and the common dtype of a, b and h0.
+    """
+    b = jnp.asarray(b)
+    a = jnp.asarray(a)
+    ndim = b.ndim
+    if ndim == 0:
+        raise ValueError("linear_recurrence needs `b` with a time axis; got a scalar.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for b of shape {b.shape}.")
+    axis %= ndim
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    core = _IMPLS[resolve_impl(impl)]
+
+    dtypes = [a.dtype, b.dtype] + ([jnp.asarray(h0).dtype] if h0 is not None else [])
+    dtype = jnp.result_type(*dtypes)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        dtype = jnp.result_type(dtype, jnp.float32)
+    a = a.astype(dtype)
+    b = b.astype(dtype)
+
+    if not _broadcasts_to(a.shape, b.shape):
+        raise ValueError(f"a of shape {a.shape} does not broadcast to b of shape {b.shape}.")
+    a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+    if reset is not None:
+        reset = jnp.asarray(reset, bool)
+        if reset.ndim < ndim:  # leading-dims form, e.g. (batch, L)
+            reset = reset.reshape(reset.shape + (1,) * (ndim - reset.ndim))
+        if not _broadcasts_to(reset.shape, b.shape):
+            raise ValueError(
+                f"reset of shape {reset.shape} does not broadcast to b of shape {b.shape}."
+            )
+        # A restart is the same recurrence with a_t = 0 at that step.
+        a = jnp.where(reset, jnp.zeros((), dtype), a)
+
+    a = jnp.moveaxis(a, axis, 0)
+    b = jnp.moveaxis(b, axis, 0)
+
+    if h0 is not None:
+        # Fold the initial state into the first step: h_first = a h0 + b.
+        h0 = jnp.asarray(h0, dtype)
+        if not _broadcasts_to(h0.shape, b.shape[1:]):
+            raise ValueError(
+                f"h0 of shape {h0.shape} does not broadcast to the per-step shape {b.shape[1:]} "
+                "(b's shape without the time axis)."
+            )
+        first = -1 if reverse else 0
+        a_first = a[first] if a.shape[0] > 1 else a[0]
+        b = b.at[first].add(a_first * h0)
+
+    if core is _chunked_core:
+        h = core(a, b, reverse=reverse, chunk_size=chunk_size)
+    else:
+        h = core(a, b, reverse=reverse)
+    return jnp.moveaxis(h, 0, axis)
