@@ -1,7 +1,8 @@
 """Sample images from a trained diffusion checkpoint (EMA params), batch sharded over all devices.
 
   python -m train.sample --workdir=runs/diffusion_digits --num_samples=1000
-  python -m train.sample --workdir=runs/diffusion_digits --sampler=heun --config.sampler.num_steps=35
+  python -m train.sample --workdir=runs/diffusion_digits --sampler=heun \
+      --config.sampler.num_steps=35
 
 Model and sampler settings come from the config saved with the checkpoint;
 `--config.*` flags override fields of it (e.g. sampler settings). Writes
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
@@ -74,19 +74,7 @@ def main(config, workdir):
 
     mesh = parallel.make_mesh(config.mesh)
     batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    network = recipe.build_network(config.model)
-    example = jnp.zeros((2, *recipe.image_shape(config)), jnp.float32)
-    labels = jnp.zeros((2,), jnp.int32) if config.model.num_classes else None
-    abstract, _ = training.create_train_state(
-        lambda rng: network.init(rng, example, jnp.zeros((2,)), labels),
-        recipe.make_optimizer(config),
-        jax.random.PRNGKey(0),
-        mesh,
-        use_ema=True,
-        fsdp_min_size=config.fsdp_min_size,
-        abstract_only=True,
-    )
-    state = checkpointer.restore_state(step, abstract)
+    network, ema_params = recipe.load_ema_params(checkpointer, step, config, mesh)
     checkpointer.close()
 
     sampler = fl.sampler or config.sampler.name
@@ -100,7 +88,7 @@ def main(config, workdir):
     )
     images, nfe = recipe.sample_images(
         sample_fn,
-        state.ema_params,
+        ema_params,
         jax.random.PRNGKey(fl.seed),
         config,
         fl.num_samples,

@@ -152,3 +152,22 @@ def sample_images(
     if jax.process_count() > 1:  # every process gets all images (rows of other hosts too)
         images = multihost_utils.process_allgather(images, tiled=True)
     return np.asarray(jax.device_get(images)), int(nfe)
+
+
+def load_ema_params(checkpointer, step: int, config, mesh):
+    """EMA params of checkpoint `step`, restored onto `mesh` (model and optimizer from `config`)."""
+    from jaxml import training  # the spine imports nothing from here; keep it one-way at import
+
+    network = build_network(config.model)
+    example = jnp.zeros((2, *image_shape(config)), jnp.float32)
+    labels = jnp.zeros((2,), jnp.int32) if config.model.num_classes else None
+    abstract, _ = training.create_train_state(
+        lambda rng: network.init(rng, example, jnp.zeros((2,)), labels),
+        make_optimizer(config),
+        jax.random.PRNGKey(0),
+        mesh,
+        use_ema=True,
+        fsdp_min_size=config.fsdp_min_size,
+        abstract_only=True,
+    )
+    return network, checkpointer.restore_state(step, abstract).ema_params

@@ -1,0 +1,168 @@
+"""Trained digits models: FD-digits vs NFE per sampler, FD vs training step, PFGM++ vs EDM.
+
+  python -m train.diffusion --workdir=runs/diffusion_pfgmpp
+  python -m train.diffusion --workdir=runs/diffusion_edm \
+      --config=train/configs/diffusion_digits.py:edm
+  python benchmarks/diffusion_digits.py --runs runs/diffusion_pfgmpp runs/diffusion_edm
+
+Samples `--num_samples` images (same latents seed) from each run's last EMA
+checkpoint with Heun, EDM-stochastic and Restart at several NFE, and writes
+benchmarks/results/diffusion_digits_cpu.json and diffusion_digits_cpu.png.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+
+from jaxml import parallel  # noqa: E402
+from jaxml.diffusion import metrics, recipe  # noqa: E402
+from jaxml.diffusion.image_grid import save_image_grid  # noqa: E402
+from jaxml.training.checkpoint import Checkpointer  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# (label, sampler, overrides of config.sampler)
+SETTINGS = [
+    *[(f"heun N={n}", "heun", {"num_steps": n}) for n in (5, 10, 18, 35)],
+    *[
+        (
+            f"stochastic N={n}",
+            "stochastic",
+            {"num_steps": n, "S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003},
+        )
+        for n in (5, 10, 18, 35)
+    ],
+    *[
+        (
+            f"restart N=10 K={k}",
+            "restart",
+            {"num_steps": 10, "restart_intervals": ((3, k, 0.06, 0.30),)},
+        )
+        for k in (1, 2)
+    ],
+    *[
+        (
+            f"restart N=18 K={k}",
+            "restart",
+            {"num_steps": 18, "restart_intervals": ((3, k, 0.06, 0.30),)},
+        )
+        for k in (1, 2, 5)
+    ],
+]
+
+
+def evaluate_run(workdir: Path, num_samples: int, seed: int, grid_out: Path | None):
+    checkpointer = Checkpointer(workdir / "checkpoints", save_every=1)
+    step = checkpointer.latest_step()
+    config = ml_collections.ConfigDict(checkpointer.saved_config(step))
+    mesh = parallel.make_mesh(config.mesh)
+    network, ema_params = recipe.load_ema_params(checkpointer, step, config, mesh)
+    checkpointer.close()
+    rows = []
+    for label, sampler, overrides in SETTINGS:
+        c = config.copy_and_resolve_references()
+        with c.unlocked():
+            c.sampler.name = sampler
+            c.sampler.update(overrides)
+        start = time.perf_counter()
+        images, nfe = recipe.sample_images(
+            recipe.make_sample_fn(network, c),
+            ema_params,
+            jax.random.PRNGKey(seed),
+            c,
+            num_samples,
+            batch_sharding=parallel.batch_sharding(mesh),
+            replicated=parallel.replicated(mesh),
+        )
+        fd = metrics.fd_digits(images, data_dir=config.data.data_dir)
+        rows.append(
+            {
+                "setting": label,
+                "sampler": sampler,
+                "nfe": nfe,
+                "fd_digits": fd,
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        print(f"{workdir.name}: {label:22s} NFE {nfe:3d}  FD-digits {fd:7.3f}", flush=True)
+        if grid_out is not None and label == "restart N=18 K=2":
+            save_image_grid(images[:100], grid_out, scale=4)
+    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    fd_vs_step = [
+        {"step": r["step"], "fd_digits": r["eval/fd_digits"]}
+        for r in history
+        if "eval/fd_digits" in r
+    ]
+    return {
+        "workdir": str(workdir),
+        "step": step,
+        "D": config.diffusion.D,
+        "train_steps": config.total_steps,
+        "batch_size": config.data.batch_size,
+        "samplers": rows,
+        "fd_vs_training_step": fd_vs_step,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", nargs="+", required=True, type=Path)
+    parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    reference = metrics.digits_reference_numbers()
+    results = {
+        "benchmark": "benchmarks/diffusion_digits.py",
+        "num_samples": args.num_samples,
+        "device": {"backend": jax.default_backend(), "devices": jax.device_count()},
+        "reference": reference,
+        "runs": [],
+    }
+    for workdir in args.runs:
+        name = workdir.name
+        results["runs"].append(
+            evaluate_run(
+                workdir,
+                args.num_samples,
+                args.seed,
+                RESULTS / f"diffusion_digits_{name}_samples.png",
+            )
+        )
+    (RESULTS / "diffusion_digits_cpu.json").write_text(json.dumps(results, indent=2))
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in results["runs"]:
+        d = "∞ (EDM)" if run["D"] is None else run["D"]
+        for sampler, marker in (("heun", "o"), ("stochastic", "s"), ("restart", "^")):
+            pts = sorted(
+                (r["nfe"], r["fd_digits"]) for r in run["samplers"] if r["sampler"] == sampler
+            )
+            axes[0].plot(*zip(*pts), marker=marker, label=f"D={d} {sampler}")
+        steps = [(r["step"], r["fd_digits"]) for r in run["fd_vs_training_step"]]
+        axes[1].plot(*zip(*steps), marker="o", label=f"D={d} (Restart, EMA)")
+    for ax in axes:
+        ax.axhline(
+            reference["fd_test_vs_train"], color="gray", ls="--", label="train-vs-test floor"
+        )
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    axes[0].set(xlabel="NFE", ylabel="FD-digits", title="FD-digits vs NFE (last EMA checkpoint)")
+    axes[1].set(xlabel="training step", ylabel="FD-digits", title="FD-digits vs training step")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "diffusion_digits_cpu.png", dpi=110)
+    print(json.dumps(reference))
+
+
+if __name__ == "__main__":
+    main()
