@@ -5,6 +5,7 @@ train_step, log, eval, checkpoint -> final save. SIGTERM / SIGINT finish the
 current step, save, and return; the relaunch resumes to the same numbers.
 """
 
+import json
 import logging
 import signal
 import sys
@@ -85,7 +86,7 @@ def run(
         max_to_keep=config.checkpoints_to_keep,
         keep_period=config.get("checkpoint_keep_period"),
     )
-    config_dict = config.to_dict()
+    config_dict = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
 
     latest = checkpointer.latest_step()
     if latest is not None:

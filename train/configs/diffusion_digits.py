@@ -83,9 +83,9 @@ def get_config(variant: str = "pfgmpp"):
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.fsdp_min_size = 2**14
 
-    config.total_steps = 4000
+    config.total_steps = 2000
     config.log_every = 100
-    config.eval_every = 1000
+    config.eval_every = 500
     config.checkpoint_every = 500
     config.checkpoints_to_keep = 2
     config.checkpoint_keep_period = ml_collections.FieldReference(None, field_type=int)
