@@ -113,6 +113,10 @@ def main(config, workdir):
         results = {"nfe": float(nfe)}
         if uses_digits_fd:
             results["fd_digits"] = metrics.fd_digits(images, data_dir=config.data.data_dir)
+        if config.eval.fid_reference_stats:
+            results["fid"] = metrics.fid(
+                images, config.eval.fid_reference_stats, weights_path=config.eval.inception_weights
+            )
         if jax.process_index() == 0:
             save_image_grid(
                 images[: config.eval.grid_size],

@@ -79,6 +79,8 @@ def get_config(variant: str = "pfgmpp"):
     config.eval.num_samples = 512
     config.eval.grid_size = 100
     config.eval.grid_scale = 4
+    config.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
+    config.eval.fid_reference_stats = ml_collections.FieldReference(None, field_type=str)
 
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.fsdp_min_size = 2**14

@@ -1,0 +1,47 @@
+"""CIFAR-10 (unconditional) with EDM's DDPM++ network and PFGM++ D=2048, EDM's training settings.
+
+Needs CIFAR-10 prepared once (nothing is downloaded at training time):
+  python -m jaxml.data.prepare --dataset=cifar10 --data_dir=~/tensorflow_datasets
+  python -m train.diffusion --config=train/configs/diffusion_cifar10.py --workdir=runs/cifar10
+  python -m train.diffusion --config=train/configs/diffusion_cifar10.py:edm    # D = inf
+
+FID needs Inception weights and reference statistics you provide (see
+jaxml.diffusion.metrics.load_inception_params); set --config.eval.inception_weights and
+--config.eval.fid_reference_stats to report it at each eval. On a GPU/TPU add
+--config.model.dtype=bfloat16 (bf16 compute, fp32 params).
+"""
+
+from jaxml.models.unet import unet_config
+from train.configs import diffusion_digits
+
+
+def get_config(variant: str = "pfgmpp"):
+    if variant not in ("pfgmpp", "edm"):
+        raise ValueError(f"unknown variant {variant!r}; choose pfgmpp or edm")
+    config = diffusion_digits.get_config("pfgmpp" if variant == "pfgmpp" else "edm")
+    config.data.name = "cifar10"
+    config.data.image_size = 32
+    config.data.channels = 3
+    config.data.batch_size = 512
+
+    preset = unet_config("cifar10_ddpmpp")
+    for key, value in preset.items():
+        config.model[key] = value
+    config.model.preset = "cifar10_ddpmpp"
+
+    config.diffusion.D = 2048 if variant == "pfgmpp" else None
+
+    # EDM: Adam lr 1e-3, 10 Mimg warm-up, EMA half-life 500 kimg (ramp-up 0.05), 200 Mimg total.
+    config.optimizer.lr = 1e-3
+    config.optimizer.warmup_steps = 10_000_000 // 512
+    config.optimizer.grad_clip = 0.0
+    config.ema.halflife_kimg = 500.0
+    config.total_steps = 200_000_000 // 512
+    config.log_every = 100
+    config.eval_every = 10_000
+    config.checkpoint_every = 5_000
+    config.checkpoint_keep_period = 50_000
+    config.eval.num_samples = 10_000
+    config.eval.grid_scale = 2
+    config.fsdp_min_size = 2**16
+    return config
