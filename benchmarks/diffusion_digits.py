@@ -122,6 +122,8 @@ def main():
     args = parser.parse_args()
 
     reference = metrics.digits_reference_numbers()
+    out = RESULTS / "diffusion_digits_cpu.json"
+    previous = json.loads(out.read_text())["runs"] if out.exists() else []
     results = {
         "benchmark": "benchmarks/diffusion_digits.py",
         "num_samples": args.num_samples,
@@ -139,7 +141,9 @@ def main():
                 RESULTS / f"diffusion_digits_{name}_samples.png",
             )
         )
-    (RESULTS / "diffusion_digits_cpu.json").write_text(json.dumps(results, indent=2))
+    done = {r["workdir"] for r in results["runs"]}  # runs evaluated earlier are kept
+    results["runs"] = [r for r in previous if r["workdir"] not in done] + results["runs"]
+    out.write_text(json.dumps(results, indent=2))
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in results["runs"]:

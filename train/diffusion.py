@@ -10,7 +10,6 @@ tensorboard/, samples/step_*.png (a grid of EMA samples per eval) and
 final_metrics.json.
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,18 +28,10 @@ log = logging.getLogger("train.diffusion")
 
 
 def validate(config):
-    for key in ("total_steps", "log_every", "checkpoint_every"):
-        if config[key] <= 0:
-            raise cli.ConfigError(f"config.{key} must be positive, got {config[key]}")
-    devices = jax.device_count()
-    for key, value in (
-        ("data.batch_size", config.data.batch_size),
-        ("eval.num_samples", config.eval.num_samples),
-    ):
-        if value <= 0 or value % devices:
-            raise cli.ConfigError(
-                f"config.{key}={value} must be a positive multiple of the device count ({devices})"
-            )
+    cli.check_loop_config(
+        config,
+        {"data.batch_size": config.data.batch_size, "eval.num_samples": config.eval.num_samples},
+    )
     if config.diffusion.D is not None and config.diffusion.D <= 0:
         raise cli.ConfigError(
             f"config.diffusion.D must be positive or None, got {config.diffusion.D}"
@@ -135,21 +126,11 @@ def main(config, workdir):
         batch_sharding=batch_sharding,
         eval_fn=eval_fn,
     )
-    step = int(jax.device_get(state.step))
-    if step < config.total_steps:
-        log.warning(
-            "stopped at step %d of %d; run the same command to resume", step, config.total_steps
-        )
-        return
-    if not eval_metrics:
-        eval_metrics = eval_fn(state)
-    if jax.process_index() == 0:
-        (workdir / "final_metrics.json").write_text(
-            json.dumps({"step": step, **eval_metrics}, indent=2)
-        )
+    final = loop.finish(workdir, config, state, eval_metrics, eval_fn)
+    if final is not None and jax.process_index() == 0:
         print(
-            f"step {step}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items())
+            f"step {config.total_steps}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
             + f"; samples in {samples_dir}"
         )
 

@@ -8,7 +8,6 @@ Writes to the workdir: checkpoints/ (resumed automatically), metrics.jsonl,
 tensorboard/, and final_metrics.json (test accuracy of the last step).
 """
 
-import json
 import logging
 from pathlib import Path
 
@@ -57,15 +56,13 @@ def make_metric_fn(model):
 
 
 def validate(config):
-    for key in ("total_steps", "log_every", "checkpoint_every"):
-        if config[key] <= 0:
-            raise cli.ConfigError(f"config.{key} must be positive, got {config[key]}")
-    for key in ("batch_size", "eval_batch_size"):
-        if config.data[key] <= 0 or config.data[key] % jax.device_count():
-            raise cli.ConfigError(
-                f"config.data.{key}={config.data[key]} must be a positive multiple "
-                f"of the device count ({jax.device_count()})"
-            )
+    cli.check_loop_config(
+        config,
+        {
+            "data.batch_size": config.data.batch_size,
+            "data.eval_batch_size": config.data.eval_batch_size,
+        },
+    )
 
 
 def main(config, workdir):
@@ -139,21 +136,11 @@ def main(config, workdir):
         batch_sharding=batch_sharding,
         eval_fn=eval_fn,
     )
-    step = int(jax.device_get(state.step))
-    if step < config.total_steps:
-        log.warning(
-            "stopped at step %d of %d; run the same command to resume", step, config.total_steps
-        )
-        return
-    if not eval_metrics:  # resumed at or past total_steps: report the saved model
-        eval_metrics = eval_fn(state)
-    if jax.process_index() == 0:
-        (workdir / "final_metrics.json").write_text(
-            json.dumps({"step": step, **eval_metrics}, indent=2)
-        )
+    final = loop.finish(workdir, config, state, eval_metrics, eval_fn)
+    if final is not None and jax.process_index() == 0:
         print(
-            f"step {step}: test accuracy {eval_metrics['accuracy']:.4f}, "
-            f"test loss {eval_metrics['loss']:.4f}"
+            f"step {config.total_steps}: test accuracy {final['accuracy']:.4f}, "
+            f"test loss {final['loss']:.4f}"
         )
 
 

@@ -24,6 +24,21 @@ class ConfigError(ValueError):
     """A config value that cannot work (checked before any compute starts)."""
 
 
+def check_loop_config(config, batch_keys: dict[str, int]):
+    """Loop settings must be positive; each batch-like size a positive multiple of the devices."""
+    import jax
+
+    for key in ("total_steps", "log_every", "checkpoint_every"):
+        if config[key] <= 0:
+            raise ConfigError(f"config.{key} must be positive, got {config[key]}")
+    for key, value in batch_keys.items():
+        if value <= 0 or value % jax.device_count():
+            raise ConfigError(
+                f"config.{key}={value} must be a positive multiple of the device "
+                f"count ({jax.device_count()})"
+            )
+
+
 # Problems with the user's input: reported in one line, exit status 2, no traceback.
 USER_ERRORS = (CheckpointError, ConfigError, DatasetUnavailableError, MeshShapeError)
 

@@ -171,3 +171,20 @@ def run(
     checkpointer.close()
     metrics_log.close()
     return state, eval_metrics
+
+
+def finish(workdir, config, state: TrainState, eval_metrics: dict, eval_fn) -> dict | None:
+    """After `run`: None if stopped early (say so), else the final eval metrics, also written to
+    <workdir>/final_metrics.json (evaluated now if the run resumed at its last step)."""
+    step = int(jax.device_get(state.step))
+    if step < config.total_steps:
+        log.warning(
+            "stopped at step %d of %d; run the same command to resume", step, config.total_steps
+        )
+        return None
+    if not eval_metrics:
+        eval_metrics = eval_fn(state)
+    if jax.process_index() == 0:
+        final = {"step": step, **eval_metrics}
+        (Path(workdir) / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    return eval_metrics
