@@ -23,7 +23,9 @@ PUBLISHED = {"logistic regression": 32, "MLP": 68, "CNN": 94, "GRU": 91, "human"
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/s5_mnist1d_cpu.json"))
     parser.add_argument("overrides", nargs="*", help="extra --config.* flags for train.s5")
@@ -46,7 +48,7 @@ def main():
     result = {
         "benchmark": "benchmarks/s5_mnist1d.py",
         "command": " ".join(["python", "benchmarks/s5_mnist1d.py", *sys.argv[1:]]),
-        "config": "train/configs/s5_mnist1d.py" + (" " + " ".join(args.overrides) if args.overrides else ""),
+        "config": " ".join(["train/configs/s5_mnist1d.py", *args.overrides]),
         "device": {"backend": "cpu", "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "runs": runs,
         "test_accuracy_mean": statistics.mean(accs),

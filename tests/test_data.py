@@ -178,4 +178,5 @@ def test_bilinear_resize_matches_jax():
     flat = preprocess.get("image_classification_flat", image_size=32)(
         {"image": images.astype(np.uint8), "label": np.arange(3)}
     )
-    assert flat["inputs"].shape == (3, 1024, 1) and 0 <= flat["inputs"].min() <= flat["inputs"].max() <= 1
+    assert flat["inputs"].shape == (3, 1024, 1)
+    assert 0 <= flat["inputs"].min() <= flat["inputs"].max() <= 1

@@ -7,21 +7,33 @@ import sys
 
 import numpy as np
 import pytest
-
 import s5_runs
 
 TINY = [
-    "--config.total_steps=6", "--config.log_every=3", "--config.eval_every=6",
-    "--config.checkpoint_every=3", "--config.data.batch_size=16", "--config.eval.num_samples=16",
-    "--config.model.model_channels=8", "--config.model.num_blocks=1",
-    "--config.model.attn_resolutions=()", "--config.optimizer.warmup_steps=2",
-    "--config.sampler.num_steps=4", "--config.sampler.restart_intervals=((2, 1, 0.06, 0.3),)",
+    "--config.total_steps=6",
+    "--config.log_every=3",
+    "--config.eval_every=6",
+    "--config.checkpoint_every=3",
+    "--config.data.batch_size=16",
+    "--config.eval.num_samples=16",
+    "--config.model.model_channels=8",
+    "--config.model.num_blocks=1",
+    "--config.model.attn_resolutions=()",
+    "--config.optimizer.warmup_steps=2",
+    "--config.sampler.num_steps=4",
+    "--config.sampler.restart_intervals=((2, 1, 0.06, 0.3),)",
 ]
 
 
 def _run(module, *args, devices=1):
-    proc = subprocess.run([sys.executable, "-m", module, *args], env=s5_runs.env(devices),
-                          cwd=s5_runs.REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=s5_runs.env(devices),
+        cwd=s5_runs.REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -48,8 +60,14 @@ def test_sample_entrypoint_same_images_on_1_and_8_devices(trained):
     outs = []
     for devices in (1, 8):
         out = workdir / f"sample_{devices}"
-        _run("train.sample", f"--workdir={workdir}", "--num_samples=16", f"--out={out}",
-             "--sampler=restart", devices=devices)
+        _run(
+            "train.sample",
+            f"--workdir={workdir}",
+            "--num_samples=16",
+            f"--out={out}",
+            "--sampler=restart",
+            devices=devices,
+        )
         outs.append(np.load(out / "samples.npz")["images"])
         assert (out / "samples.png").exists()
     assert outs[0].shape == (16, 8, 8, 1)

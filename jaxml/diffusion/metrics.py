@@ -24,14 +24,16 @@ so compare numbers computed from the same number of images.
 Images everywhere are NHWC, either float in [-1, 1] (the EDM convention of
 `jaxml.data.preprocess.image_generation`; clipped to it) or uint8 in 0..255.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, Tuple, Union
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -41,7 +43,7 @@ import numpy as np
 import optax
 
 Array = Any
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 FeaturesFn = Callable[[Array], Array]
 
 # -----------------------------------------------------------------------------
@@ -49,14 +51,15 @@ FeaturesFn = Callable[[Array], Array]
 # -----------------------------------------------------------------------------
 
 
-def feature_statistics(features: Array) -> Tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features: Array) -> tuple[np.ndarray, np.ndarray]:
     """(N, F) features -> (mu (F,), sigma (F, F)) in float64; sigma is the unbiased covariance."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2:
         raise ValueError(f"features must be (N, F), got shape {features.shape}")
     if features.shape[0] < 2:
         raise ValueError(
-            f"need at least 2 feature vectors for a covariance, got {features.shape[0]}")
+            f"need at least 2 feature vectors for a covariance, got {features.shape[0]}"
+        )
     if not np.all(np.isfinite(features)):
         raise ValueError("features contain NaN or Inf (are the images finite?)")
     mu = features.mean(axis=0)
@@ -111,7 +114,7 @@ def _features_in_batches(features_fn: FeaturesFn, images: Array, batch_size: int
         raise ValueError("no images given")
     outputs = []
     for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         valid = batch.shape[0]
         if valid < batch_size and n > batch_size:
             pad = np.zeros((batch_size - valid,) + batch.shape[1:], batch.dtype)
@@ -186,7 +189,8 @@ def digits_preprocess(images: Array) -> Array:
     _, h, w, _ = images.shape
     if h != w or h % 8:
         raise ValueError(
-            f"digits images must be square with a side that is a multiple of 8, got {h}×{w}")
+            f"digits images must be square with a side that is a multiple of 8, got {h}×{w}"
+        )
     x = _to_signed_unit(images)
     if h > 8:
         k = h // 8
@@ -194,7 +198,7 @@ def digits_preprocess(images: Array) -> Array:
     return x
 
 
-def _load_digits(split: str, data_dir: str | None) -> Tuple[np.ndarray, np.ndarray]:
+def _load_digits(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The whole digits split as (images float32 (n, 8, 8, 1) in [-1, 1], labels int32)."""
     # Imported here: TFDS is slow to import and only this part of the module needs it.
     from jaxml.data import data_source
@@ -202,14 +206,24 @@ def _load_digits(split: str, data_dir: str | None) -> Tuple[np.ndarray, np.ndarr
 
     source = data_source("digits", split, data_dir)
     records = [source[i] for i in range(len(source))]
-    batch = image_generation({"image": np.stack([r["image"] for r in records]),
-                              "label": np.array([r["label"] for r in records])})
+    batch = image_generation(
+        {
+            "image": np.stack([r["image"] for r in records]),
+            "label": np.array([r["label"] for r in records]),
+        }
+    )
     return batch["image"], batch["label"]
 
 
-def train_digits_classifier(data_dir: str | None = None, *, seed: int = 0, steps: int = 1000,
-                            batch_size: int = 128, learning_rate: float = 2e-3,
-                            weight_decay: float = 1e-4) -> Tuple[dict, dict]:
+def train_digits_classifier(
+    data_dir: str | None = None,
+    *,
+    seed: int = 0,
+    steps: int = 1000,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 1e-4,
+) -> tuple[dict, dict]:
     """Trains `DigitsClassifier` on the digits train split; returns (params, info).
 
     info has "test_accuracy" and "train_accuracy" (fractions) and the recipe.
@@ -224,7 +238,7 @@ def train_digits_classifier(data_dir: str | None = None, *, seed: int = 0, steps
     # Epoch-wise permutations, so every image is seen equally often.
     epochs = -(-steps * batch_size // len(train_x))
     plan = np.concatenate([rng.permutation(len(train_x)) for _ in range(epochs)])
-    plan = plan[:steps * batch_size].reshape(steps, batch_size)
+    plan = plan[: steps * batch_size].reshape(steps, batch_size)
 
     def loss_fn(p, x, y):
         logits = model.apply({"params": p}, x)
@@ -248,13 +262,20 @@ def train_digits_classifier(data_dir: str | None = None, *, seed: int = 0, steps
         logits = model.apply({"params": params}, x)
         return float(np.mean(np.argmax(np.asarray(logits), -1) == y))
 
-    info = dict(version=DIGITS_CLASSIFIER_VERSION, seed=seed, steps=steps, batch_size=batch_size,
-                learning_rate=learning_rate, weight_decay=weight_decay,
-                train_accuracy=accuracy(train_x, train_y), test_accuracy=accuracy(test_x, test_y))
+    info = dict(
+        version=DIGITS_CLASSIFIER_VERSION,
+        seed=seed,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        train_accuracy=accuracy(train_x, train_y),
+        test_accuracy=accuracy(test_x, test_y),
+    )
     return params, info
 
 
-def _read_digits_cache(path: Path) -> Tuple[dict, dict] | None:
+def _read_digits_cache(path: Path) -> tuple[dict, dict] | None:
     """(params, info) from a cache file of the current version with the right shapes, else None."""
     if not path.exists():
         return None
@@ -265,16 +286,24 @@ def _read_digits_cache(path: Path) -> Tuple[dict, dict] | None:
         return None
     version = payload.get("version") if isinstance(payload, dict) else None
     if version != DIGITS_CLASSIFIER_VERSION:
-        logging.info("digits classifier cache %s has version %r, want %r; retraining",
-                     path, version, DIGITS_CLASSIFIER_VERSION)
+        logging.info(
+            "digits classifier cache %s has version %r, want %r; retraining",
+            path,
+            version,
+            DIGITS_CLASSIFIER_VERSION,
+        )
         return None
     params, info = payload.get("params"), payload.get("info")
-    expected = jax.eval_shape(DigitsClassifier().init, jax.random.key(0),
-                              jnp.zeros((1, 8, 8, 1)))["params"]
+    expected = jax.eval_shape(DigitsClassifier().init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))[
+        "params"
+    ]
     try:
-        shapes_match = jax.tree_util.tree_all(jax.tree_util.tree_map(
-            lambda e, p: tuple(e.shape) == tuple(np.shape(p)), expected, params))
-    except (ValueError, TypeError):   # a different tree structure
+        shapes_match = jax.tree_util.tree_all(
+            jax.tree_util.tree_map(
+                lambda e, p: tuple(e.shape) == tuple(np.shape(p)), expected, params
+            )
+        )
+    except (ValueError, TypeError):  # a different tree structure
         shapes_match = False
     if not shapes_match or not isinstance(info, dict):
         logging.warning("digits classifier cache %s does not match the model; retraining", path)
@@ -295,8 +324,9 @@ def _write_atomically(path: Path, data: bytes):
         raise
 
 
-def digits_classifier(cache_dir: PathLike | None = None,
-                      data_dir: str | None = None) -> Tuple[dict, dict]:
+def digits_classifier(
+    cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> tuple[dict, dict]:
     """(params, info) of the FD-digits classifier: read from cache_dir, or trained and cached.
 
     The cache is `cache_dir/digits_fd_classifier.msgpack` (default cache_dir:
@@ -308,11 +338,17 @@ def digits_classifier(cache_dir: PathLike | None = None,
     if cached is not None:
         return cached
     params, info = train_digits_classifier(data_dir, **_DIGITS_TRAIN)
-    payload = {"version": DIGITS_CLASSIFIER_VERSION,
-               "params": flax.serialization.to_state_dict(params), "info": info}
+    payload = {
+        "version": DIGITS_CLASSIFIER_VERSION,
+        "params": flax.serialization.to_state_dict(params),
+        "info": info,
+    }
     _write_atomically(path, flax.serialization.msgpack_serialize(payload))
-    logging.info("trained the FD-digits classifier (test accuracy %.4f), cached at %s",
-                 info["test_accuracy"], path)
+    logging.info(
+        "trained the FD-digits classifier (test accuracy %.4f), cached at %s",
+        info["test_accuracy"],
+        path,
+    )
     return params, info
 
 
@@ -321,15 +357,16 @@ def _digits_features(params, images):
     return DigitsClassifier().apply({"params": params}, digits_preprocess(images), features=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_features_cached(cache_dir: str, data_dir: str | None) -> FeaturesFn:
     params, _ = digits_classifier(cache_dir, data_dir)
     # Params are an argument of the jitted function, not constants baked into the program.
     return functools.partial(_digits_features, jax.device_put(params))
 
 
-def digits_feature_extractor(cache_dir: PathLike | None = None,
-                             data_dir: str | None = None) -> FeaturesFn:
+def digits_feature_extractor(
+    cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> FeaturesFn:
     """`features(images) -> (N, 64)` of the FD-digits classifier (trained on first use).
 
     images: see `digits_preprocess`. The function is jitted and can be used
@@ -338,22 +375,29 @@ def digits_feature_extractor(cache_dir: PathLike | None = None,
     return _digits_features_cached(str(cache_dir or default_cache_dir()), data_dir)
 
 
-@functools.lru_cache(maxsize=None)
-def _digits_split_statistics(cache_dir: str, data_dir: str | None,
-                             split: str) -> Tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _digits_split_statistics(
+    cache_dir: str, data_dir: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
     features_fn = digits_feature_extractor(cache_dir, data_dir)
     images, _ = _load_digits(split, data_dir)
     return feature_statistics(features_fn(images))
 
 
-def digits_statistics(split: str = "train", cache_dir: PathLike | None = None,
-                      data_dir: str | None = None) -> Tuple[np.ndarray, np.ndarray]:
+def digits_statistics(
+    split: str = "train", cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the classifier features over a digits split (memoized per process)."""
     return _digits_split_statistics(str(cache_dir or default_cache_dir()), data_dir, split)
 
 
-def fd_digits(images: Array, *, cache_dir: PathLike | None = None, data_dir: str | None = None,
-              batch_size: int = 1024) -> float:
+def fd_digits(
+    images: Array,
+    *,
+    cache_dir: PathLike | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 1024,
+) -> float:
     """FD-digits of `images` against the digits train split (lower is better).
 
     images: (N, 8, 8[, 1]) (or 16×16, …, see `digits_preprocess`), in [-1, 1]
@@ -373,8 +417,13 @@ def digits_reference_floor(cache_dir: PathLike | None = None, data_dir: str | No
     return frechet_distance(mu, sigma, mu_ref, sigma_ref)
 
 
-def digits_reference_numbers(cache_dir: PathLike | None = None, data_dir: str | None = None,
-                             *, num_noise: int = 360, seed: int = 0) -> dict:
+def digits_reference_numbers(
+    cache_dir: PathLike | None = None,
+    data_dir: str | None = None,
+    *,
+    num_noise: int = 360,
+    seed: int = 0,
+) -> dict:
     """The scale of FD-digits: classifier accuracy, the real-data floor and pure-noise ceilings.
 
     Returns {"test_accuracy", "fd_test_vs_train" (the floor, 360 images),
@@ -402,12 +451,15 @@ def digits_reference_numbers(cache_dir: PathLike | None = None, data_dir: str | 
 INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05.npz"
-INCEPTION_PTH_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                     "pt_inception-2015-12-05-6726825d.pth")
+INCEPTION_PTH_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_CONVERT_COMMAND = (
-    "python -c \"import numpy as np, torch; "
+    'python -c "import numpy as np, torch; '
     "sd = torch.load('pt_inception-2015-12-05-6726825d.pth', map_location='cpu'); "
-    "np.savez('" + INCEPTION_WEIGHTS_FILE + "', **{k: v.numpy() for k, v in sd.items()})\"")
+    "np.savez('" + INCEPTION_WEIGHTS_FILE + "', **{k: v.numpy() for k, v in sd.items()})\""
+)
 
 
 class InceptionWeightsError(ValueError):
@@ -433,15 +485,22 @@ class _ConvBN(nn.Module):
     """torchvision's BasicConv2d: conv without bias, batch norm (eps 1e-3), ReLU."""
 
     features: int
-    kernel_size: Tuple[int, int]
-    strides: Tuple[int, int] = (1, 1)
-    padding: Union[str, Sequence[Tuple[int, int]]] = "VALID"
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "VALID"
     precision: Any = jax.lax.Precision.HIGHEST
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.features, self.kernel_size, self.strides, padding=self.padding,
-                    use_bias=False, precision=self.precision, name="conv")(x)
+        x = nn.Conv(
+            self.features,
+            self.kernel_size,
+            self.strides,
+            padding=self.padding,
+            use_bias=False,
+            precision=self.precision,
+            name="conv",
+        )(x)
         return nn.relu(_FrozenBatchNorm(name="bn")(x))
 
 
@@ -523,7 +582,7 @@ class _InceptionD(nn.Module):
 
 
 class _InceptionE(nn.Module):
-    max_pool: bool    # the FID graph's last block (Mixed_7c) max-pools its pool branch
+    max_pool: bool  # the FID graph's last block (Mixed_7c) max-pools its pool branch
     precision: Any
 
     @nn.compact
@@ -531,14 +590,22 @@ class _InceptionE(nn.Module):
         conv = functools.partial(_ConvBN, precision=self.precision)
         b1 = conv(320, (1, 1), name="branch1x1")(x)
         b3 = conv(384, (1, 1), name="branch3x3_1")(x)
-        b3 = jnp.concatenate([
-            conv(384, (1, 3), padding=_pad(0, 1), name="branch3x3_2a")(b3),
-            conv(384, (3, 1), padding=_pad(1, 0), name="branch3x3_2b")(b3)], axis=-1)
+        b3 = jnp.concatenate(
+            [
+                conv(384, (1, 3), padding=_pad(0, 1), name="branch3x3_2a")(b3),
+                conv(384, (3, 1), padding=_pad(1, 0), name="branch3x3_2b")(b3),
+            ],
+            axis=-1,
+        )
         bd = conv(448, (1, 1), name="branch3x3dbl_1")(x)
         bd = conv(384, (3, 3), padding=_pad(1, 1), name="branch3x3dbl_2")(bd)
-        bd = jnp.concatenate([
-            conv(384, (1, 3), padding=_pad(0, 1), name="branch3x3dbl_3a")(bd),
-            conv(384, (3, 1), padding=_pad(1, 0), name="branch3x3dbl_3b")(bd)], axis=-1)
+        bd = jnp.concatenate(
+            [
+                conv(384, (1, 3), padding=_pad(0, 1), name="branch3x3dbl_3a")(bd),
+                conv(384, (3, 1), padding=_pad(1, 0), name="branch3x3dbl_3b")(bd),
+            ],
+            axis=-1,
+        )
         if self.max_pool:
             pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=_pad(1, 1))
         else:
@@ -582,7 +649,7 @@ class InceptionV3(nn.Module):
         x = _InceptionD(p, name="Mixed_7a")(x)
         x = _InceptionE(max_pool=False, precision=p, name="Mixed_7b")(x)
         x = _InceptionE(max_pool=True, precision=p, name="Mixed_7c")(x)
-        return jnp.mean(x, axis=(1, 2))    # pool3
+        return jnp.mean(x, axis=(1, 2))  # pool3
 
 
 def inception_preprocess(images: Array, size: int = INCEPTION_SIZE) -> Array:
@@ -599,8 +666,9 @@ def inception_preprocess(images: Array, size: int = INCEPTION_SIZE) -> Array:
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be (N, H, W) or (N, H, W, C) with C in (1, 3), "
-                         f"got shape {images.shape}")
+        raise ValueError(
+            f"images must be (N, H, W) or (N, H, W, C) with C in (1, 3), got shape {images.shape}"
+        )
     x = _to_signed_unit(images)
     if x.shape[-1] == 1:
         x = jnp.repeat(x, 3, axis=-1)
@@ -622,14 +690,15 @@ def _missing_weights_message(path: Path) -> str:
         f"(inception-2015-12-05): {INCEPTION_PTH_URL} ; convert it to a plain .npz of the "
         f"state dict (needs torch, once): {INCEPTION_CONVERT_COMMAND} ; then put "
         f"{INCEPTION_WEIGHTS_FILE} at {path} (or pass weights_path=..., or set "
-        f"JAXML_INCEPTION_WEIGHTS=/path/to/{INCEPTION_WEIGHTS_FILE}).")
+        f"JAXML_INCEPTION_WEIGHTS=/path/to/{INCEPTION_WEIGHTS_FILE})."
+    )
 
 
 # Our leaf name -> torchvision state-dict suffix; conv kernels are HWIO here, OIHW there.
 _BN_TORCH_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
 
 
-def _torch_key(path: Tuple[str, ...]) -> str:
+def _torch_key(path: tuple[str, ...]) -> str:
     *modules, layer, leaf = path
     if layer == "conv" and leaf == "kernel":
         return ".".join([*modules, "conv", "weight"])
@@ -657,11 +726,11 @@ def save_inception_params(params: Mapping, path: PathLike):
     for key_path, value in flat.items():
         value = np.asarray(value, np.float32)
         if key_path[-1] == "kernel":
-            value = value.transpose(3, 2, 0, 1)       # HWIO -> OIHW
+            value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
         arrays[_torch_key(key_path)] = value
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:    # a file object, so np.savez does not append ".npz"
+    with open(path, "wb") as f:  # a file object, so np.savez does not append ".npz"
         np.savez(f, **arrays)
 
 
@@ -686,7 +755,8 @@ def load_inception_params(path: PathLike | None = None) -> dict:
     except Exception as e:  # noqa: BLE001 - name the file whatever numpy choked on
         raise InceptionWeightsError(
             f"cannot read {path} as an .npz of named arrays ({type(e).__name__}: {e}). "
-            f"Convert pytorch-fid's weights with: {INCEPTION_CONVERT_COMMAND}") from None
+            f"Convert pytorch-fid's weights with: {INCEPTION_CONVERT_COMMAND}"
+        ) from None
     flat, missing, wrong = {}, [], []
     for key_path, spec in _inception_param_shapes().items():
         key = _torch_key(key_path)
@@ -695,11 +765,11 @@ def load_inception_params(path: PathLike | None = None) -> dict:
             continue
         value = arrays[key]
         if key_path[-1] == "kernel":
-            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value   # OIHW -> HWIO
+            value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
         if value.shape != spec.shape:
             want = spec.shape
             if key_path[-1] == "kernel":
-                want = (want[3], want[2], want[0], want[1])    # as the file stores it: OIHW
+                want = (want[3], want[2], want[0], want[1])  # as the file stores it: OIHW
             wrong.append(f"{key} is {arrays[key].shape}, want {want}")
             continue
         flat[key_path] = np.asarray(value, np.float32)
@@ -711,13 +781,17 @@ def load_inception_params(path: PathLike | None = None) -> dict:
             details.append(f"{len(wrong)} with the wrong shape (e.g. {', '.join(wrong[:3])})")
         raise InceptionWeightsError(
             f"{path} is not the pytorch-fid Inception state dict: {'; '.join(details)}. "
-            f"Expected a conversion of {INCEPTION_PTH_URL} made with: {INCEPTION_CONVERT_COMMAND}")
+            f"Expected a conversion of {INCEPTION_PTH_URL} made with: {INCEPTION_CONVERT_COMMAND}"
+        )
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def inception_feature_extractor(weights_path: PathLike | None = None, *,
-                                params: Mapping | None = None,
-                                precision: Any = jax.lax.Precision.HIGHEST) -> FeaturesFn:
+def inception_feature_extractor(
+    weights_path: PathLike | None = None,
+    *,
+    params: Mapping | None = None,
+    precision: Any = jax.lax.Precision.HIGHEST,
+) -> FeaturesFn:
     """`features(images) -> (N, 2048)` pool3 features; jitted, preprocessing included.
 
     params: InceptionV3 params (default: `load_inception_params(weights_path)`).
@@ -750,29 +824,37 @@ def init_inception_params(seed: int = 0) -> dict:
             value = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
         elif leaf in ("scale", "var"):
             value = rng.uniform(0.5, 1.5, shape)
-        else:   # bias, mean
+        else:  # bias, mean
             value = 0.1 * rng.standard_normal(shape)
         flat[key_path] = value.astype(np.float32)
     return flax.traverse_util.unflatten_dict(flat)
 
 
-def load_reference_stats(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
+def load_reference_stats(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) from an .npz with arrays "mu" and "sigma" (ours, pytorch-fid's, TTUR's)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"FID reference statistics not found at {path}; "
-                                "make them with compute_reference_stats(images, out_path)")
+        raise FileNotFoundError(
+            f"FID reference statistics not found at {path}; "
+            "make them with compute_reference_stats(images, out_path)"
+        )
     with np.load(path, allow_pickle=False) as data:
         if "mu" not in data.files or "sigma" not in data.files:
             raise ValueError(
-                f"{path} has arrays {data.files}; FID statistics need 'mu' and 'sigma'")
+                f"{path} has arrays {data.files}; FID statistics need 'mu' and 'sigma'"
+            )
         return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
 
 
-def compute_reference_stats(images: Array, out_path: PathLike | None = None, *,
-                            weights_path: PathLike | None = None, params: Mapping | None = None,
-                            features_fn: FeaturesFn | None = None,
-                            batch_size: int = 50) -> Tuple[np.ndarray, np.ndarray]:
+def compute_reference_stats(
+    images: Array,
+    out_path: PathLike | None = None,
+    *,
+    weights_path: PathLike | None = None,
+    params: Mapping | None = None,
+    features_fn: FeaturesFn | None = None,
+    batch_size: int = 50,
+) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of Inception pool3 features over `images`; also saved to out_path (.npz).
 
     features_fn replaces the Inception extractor (e.g. an extractor built once
@@ -789,9 +871,15 @@ def compute_reference_stats(images: Array, out_path: PathLike | None = None, *,
     return mu, sigma
 
 
-def fid(images: Array, reference_stats: Union[PathLike, Tuple[Array, Array], Mapping], *,
-        weights_path: PathLike | None = None, params: Mapping | None = None,
-        features_fn: FeaturesFn | None = None, batch_size: int = 50) -> float:
+def fid(
+    images: Array,
+    reference_stats: PathLike | tuple[Array, Array] | Mapping,
+    *,
+    weights_path: PathLike | None = None,
+    params: Mapping | None = None,
+    features_fn: FeaturesFn | None = None,
+    batch_size: int = 50,
+) -> float:
     """FID of `images` against reference statistics (an .npz path, (mu, sigma), or a mapping).
 
     The standard protocol uses 50,000 generated images and the statistics of
@@ -803,6 +891,11 @@ def fid(images: Array, reference_stats: Union[PathLike, Tuple[Array, Array], Map
         mu_ref, sigma_ref = reference_stats["mu"], reference_stats["sigma"]
     else:
         mu_ref, sigma_ref = reference_stats
-    mu, sigma = compute_reference_stats(images, weights_path=weights_path, params=params,
-                                        features_fn=features_fn, batch_size=batch_size)
+    mu, sigma = compute_reference_stats(
+        images,
+        weights_path=weights_path,
+        params=params,
+        features_fn=features_fn,
+        batch_size=batch_size,
+    )
     return frechet_distance(mu, sigma, mu_ref, sigma_ref)
