@@ -9,8 +9,7 @@ the number of hosts. The iterator state is a position in that stream, so
 restoring it resumes exactly.
 """
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import grain
 import jax
@@ -111,6 +110,3 @@ def eval_batches(
         ds = ds.map(lambda b: {**preprocess(b), "mask": b["mask"]})
     return iter(ds)
 
-
-def stack_records(records: list[Mapping[str, Any]]) -> Batch:
-    return {k: np.stack([r[k] for r in records]) for k in records[0]}
