@@ -34,14 +34,27 @@ def main():
     runs = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as workdir:
-            cmd = [sys.executable, "-m", "train.s5", f"--workdir={workdir}",
-                   f"--config.seed={seed}", *args.overrides]
+            cmd = [
+                sys.executable,
+                "-m",
+                "train.s5",
+                f"--workdir={workdir}",
+                f"--config.seed={seed}",
+                *args.overrides,
+            ]
             start = time.perf_counter()
             subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
             wall = time.perf_counter() - start
             final = json.loads((Path(workdir) / "final_metrics.json").read_text())
-        runs.append({"seed": seed, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-                     "steps": final["step"], "wall_time_s": wall})
+        runs.append(
+            {
+                "seed": seed,
+                "test_accuracy": final["accuracy"],
+                "test_loss": final["loss"],
+                "steps": final["step"],
+                "wall_time_s": wall,
+            }
+        )
         print(f"seed {seed}: test accuracy {final['accuracy']:.4f} in {wall:.0f} s", flush=True)
 
     accs = [r["test_accuracy"] for r in runs]
@@ -56,8 +69,10 @@ def main():
         "published_test_accuracy_percent": PUBLISHED,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"S5 MNIST-1D: {100 * result['test_accuracy_mean']:.2f} ± "
-          f"{100 * result['test_accuracy_std']:.2f} % over seeds {args.seeds} -> {args.out}")
+    print(
+        f"S5 MNIST-1D: {100 * result['test_accuracy_mean']:.2f} ± "
+        f"{100 * result['test_accuracy_std']:.2f} % over seeds {args.seeds} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """EDM's EMA schedule: closed forms, half-life, ramp-up, and use inside the jitted train step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,9 @@ def edm_beta(step, batch_size, halflife_kimg, rampup_ratio):
 def test_matches_the_edm_formula_and_jits():
     decay = jax.jit(lambda s: edm_ema_decay(s, 512, 500, 0.05))
     for step in [0, 1, 10, 1000, 19531, 19532, 100_000, 2**30]:
-        np.testing.assert_allclose(float(decay(jnp.int32(step))),
-                                   edm_beta(step, 512, 500, 0.05), rtol=1e-6)
+        np.testing.assert_allclose(
+            float(decay(jnp.int32(step))), edm_beta(step, 512, 500, 0.05), rtol=1e-6
+        )
     # Step 0: half-life 0, so the EMA starts as a copy of the params.
     assert float(edm_ema_decay(0, 64)) == 0.0
 
@@ -81,13 +83,18 @@ def test_in_make_train_step():
         return jnp.sum(params["w"] * g), (model_state, {})
 
     state, shardings = training.create_train_state(
-        lambda rng: {"params": {"w": jnp.zeros(2)}}, tx, jax.random.PRNGKey(0), mesh,
-        use_ema=True)
+        lambda rng: {"params": {"w": jnp.zeros(2)}}, tx, jax.random.PRNGKey(0), mesh, use_ema=True
+    )
     step = training.make_train_step(
-        loss_fn, tx, state_shardings=shardings, batch_sharding=parallel.batch_sharding(mesh),
-        ema_decay=make_edm_ema_decay(batch, ema_halflife_kimg=0.5, ema_rampup_ratio=0.5))
-    dummy = parallel.global_batch({"x": np.zeros((batch, 1), np.float32)},
-                                  parallel.batch_sharding(mesh))
+        loss_fn,
+        tx,
+        state_shardings=shardings,
+        batch_sharding=parallel.batch_sharding(mesh),
+        ema_decay=make_edm_ema_decay(batch, ema_halflife_kimg=0.5, ema_rampup_ratio=0.5),
+    )
+    dummy = parallel.global_batch(
+        {"x": np.zeros((batch, 1), np.float32)}, parallel.batch_sharding(mesh)
+    )
     expected = np.zeros(2)
     for t in range(steps):
         state, _ = step(state, dummy)

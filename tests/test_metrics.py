@@ -5,6 +5,7 @@ architecture (shapes, parameter count against torchvision's), the weights
 file format (round trip, ignored extras, clear errors) and the plumbing with
 random weights.
 """
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ def test_frechet_distance_matches_scipy_sqrtm_full_covariance():
 def test_frechet_distance_zero_for_identical_and_symmetric():
     rng = np.random.default_rng(2)
     mu = rng.standard_normal(16)
-    singular = _random_psd(rng, 16, rank=5)        # rank-deficient, as with dead ReLU units
+    singular = _random_psd(rng, 16, rank=5)  # rank-deficient, as with dead ReLU units
     full = _random_psd(rng, 16)
     assert metrics.frechet_distance(mu, singular, mu, singular) == pytest.approx(0.0, abs=1e-9)
     assert metrics.frechet_distance(mu, full, mu, full) == pytest.approx(0.0, abs=1e-9)
@@ -95,10 +96,11 @@ def digits_dirs(tmp_path_factory):
 
 def test_digits_classifier_accuracy_and_cache(digits_dirs):
     cache_dir, data_dir = digits_dirs
-    params, info = metrics.digits_classifier(cache_dir, data_dir)   # read back from the cache
+    params, info = metrics.digits_classifier(cache_dir, data_dir)  # read back from the cache
     assert info["test_accuracy"] >= 0.95, info
     payload = flax.serialization.msgpack_restore(
-        (metrics.Path(cache_dir) / metrics.DIGITS_CACHE_FILE).read_bytes())
+        (metrics.Path(cache_dir) / metrics.DIGITS_CACHE_FILE).read_bytes()
+    )
     assert payload["version"] == metrics.DIGITS_CLASSIFIER_VERSION
     assert payload["info"]["test_accuracy"] == info["test_accuracy"]
 
@@ -113,14 +115,20 @@ def test_digits_stale_or_corrupt_cache_is_retrained(digits_dirs, tmp_path, monke
 
     monkeypatch.setattr(metrics, "train_digits_classifier", fake_train)
     cache_file = tmp_path / metrics.DIGITS_CACHE_FILE
-    cache_file.write_bytes(flax.serialization.msgpack_serialize(
-        {"version": "digits-old", "params": flax.serialization.to_state_dict(good_params),
-         "info": good_info}))
+    cache_file.write_bytes(
+        flax.serialization.msgpack_serialize(
+            {
+                "version": "digits-old",
+                "params": flax.serialization.to_state_dict(good_params),
+                "info": good_info,
+            }
+        )
+    )
     metrics.digits_classifier(tmp_path, digits_dirs[1])
     assert len(calls) == 1
     payload = flax.serialization.msgpack_restore(cache_file.read_bytes())
     assert payload["version"] == metrics.DIGITS_CLASSIFIER_VERSION
-    metrics.digits_classifier(tmp_path, digits_dirs[1])              # now a cache hit
+    metrics.digits_classifier(tmp_path, digits_dirs[1])  # now a cache hit
     assert len(calls) == 1
     cache_file.write_bytes(b"not msgpack at all")
     metrics.digits_classifier(tmp_path, digits_dirs[1])
@@ -138,11 +146,13 @@ def test_fd_digits_floor_is_far_below_noise(digits_dirs):
 
     # fd_digits on the test images is the floor; 2× upsampled copies pool back exactly.
     test_images, _ = metrics._load_digits("test", data_dir)
-    assert metrics.fd_digits(test_images, cache_dir=cache_dir, data_dir=data_dir,
-                             batch_size=128) == pytest.approx(floor, rel=1e-6)
-    upsampled = np.repeat(np.repeat(test_images[..., 0], 2, axis=1), 2, axis=2)   # (N, 16, 16)
-    assert metrics.fd_digits(upsampled, cache_dir=cache_dir,
-                             data_dir=data_dir) == pytest.approx(floor, rel=1e-6)
+    assert metrics.fd_digits(
+        test_images, cache_dir=cache_dir, data_dir=data_dir, batch_size=128
+    ) == pytest.approx(floor, rel=1e-6)
+    upsampled = np.repeat(np.repeat(test_images[..., 0], 2, axis=1), 2, axis=2)  # (N, 16, 16)
+    assert metrics.fd_digits(upsampled, cache_dir=cache_dir, data_dir=data_dir) == pytest.approx(
+        floor, rel=1e-6
+    )
 
 
 def test_digits_features_are_jittable_and_check_shapes(digits_dirs):
@@ -150,12 +160,14 @@ def test_digits_features_are_jittable_and_check_shapes(digits_dirs):
     images = jnp.zeros((3, 8, 8, 1))
     out = jax.jit(lambda x: features(x) * 2.0)(images)
     assert out.shape == (3, metrics.DIGITS_FEATURES)
-    np.testing.assert_allclose(np.asarray(out), 2.0 * np.asarray(features(images)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(out), 2.0 * np.asarray(features(images)), rtol=1e-5, atol=1e-6
+    )
     uint8 = np.full((2, 8, 8), 255, np.uint8)
     ones = np.ones((2, 8, 8, 1), np.float32)
-    np.testing.assert_allclose(np.asarray(features(uint8)), np.asarray(features(ones)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(features(uint8)), np.asarray(features(ones)), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="multiple of 8"):
         metrics.digits_preprocess(np.zeros((2, 12, 12, 1)))
     with pytest.raises(ValueError, match=r"\(N, H, W, 1\)"):
@@ -168,12 +180,14 @@ def test_digits_features_are_jittable_and_check_shapes(digits_dirs):
 def test_inception_architecture_shapes():
     out = jax.eval_shape(
         lambda x: metrics.InceptionV3().init_with_output(jax.random.key(0), x)[0],
-        jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32))
+        jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32),
+    )
     assert out.shape == (2, metrics.INCEPTION_FEATURES)
     shapes = metrics._inception_param_shapes()
-    assert len(shapes) == 94 * 5          # 94 conv+BN blocks: kernel, scale, bias, mean, var
-    trainable = sum(int(np.prod(s.shape)) for k, s in shapes.items()
-                    if k[-1] not in ("mean", "var"))
+    assert len(shapes) == 94 * 5  # 94 conv+BN blocks: kernel, scale, bias, mean, var
+    trainable = sum(
+        int(np.prod(s.shape)) for k, s in shapes.items() if k[-1] not in ("mean", "var")
+    )
     assert trainable == TORCHVISION_BACKBONE_PARAMS
     # Spot checks of torchvision names/shapes, including the FID-specific Mixed_7c block.
     assert shapes[("Mixed_6b", "branch7x7_2", "conv", "kernel")].shape == (1, 7, 128, 128)
@@ -229,8 +243,12 @@ def test_inception_weights_round_trip(tmp_path):
     assert arrays["Mixed_7b.branch3x3_2a.conv.weight"].shape == (384, 384, 1, 3)
     assert "Mixed_5b.branch_pool.bn.running_var" in arrays
     # Entries of the real file that the pool3 network does not use are ignored.
-    arrays.update({"fc.weight": np.zeros((1008, 2048), np.float32),
-                   "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0)})
+    arrays.update(
+        {
+            "fc.weight": np.zeros((1008, 2048), np.float32),
+            "Conv2d_1a_3x3.bn.num_batches_tracked": np.array(0),
+        }
+    )
     with open(path, "wb") as f:
         np.savez(f, **arrays)
     loaded = metrics.load_inception_params(path)
@@ -261,8 +279,9 @@ def test_fid_and_reference_stats_plumbing(tmp_path):
     rng = np.random.default_rng(6)
     reference = rng.uniform(-1, 1, (300, 2, 2, 1)).astype(np.float32)
     stats_path = tmp_path / "stats" / "ref.npz"
-    mu, sigma = metrics.compute_reference_stats(reference, stats_path, features_fn=features_fn,
-                                                batch_size=64)
+    mu, sigma = metrics.compute_reference_stats(
+        reference, stats_path, features_fn=features_fn, batch_size=64
+    )
     loaded_mu, loaded_sigma = metrics.load_reference_stats(stats_path)
     np.testing.assert_array_equal(loaded_mu, mu)
     np.testing.assert_array_equal(loaded_sigma, sigma)
@@ -273,10 +292,11 @@ def test_fid_and_reference_stats_plumbing(tmp_path):
     shifted = reference + 0.5
     shifted_stats = metrics.feature_statistics(features_fn(shifted))
     expected = metrics.frechet_distance(*shifted_stats, mu, sigma)
-    assert expected == pytest.approx(4 * 0.25, rel=1e-6)       # only the means moved
+    assert expected == pytest.approx(4 * 0.25, rel=1e-6)  # only the means moved
     for stats in (stats_path, (mu, sigma), {"mu": mu, "sigma": sigma}):
-        assert metrics.fid(shifted, stats, features_fn=features_fn,
-                           batch_size=64) == pytest.approx(expected, rel=1e-9)
+        assert metrics.fid(shifted, stats, features_fn=features_fn, batch_size=64) == pytest.approx(
+            expected, rel=1e-9
+        )
 
     with pytest.raises(FileNotFoundError, match="compute_reference_stats"):
         metrics.load_reference_stats(tmp_path / "none.npz")

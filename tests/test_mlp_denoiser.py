@@ -1,4 +1,5 @@
 """MLP denoiser for low-dimensional data: shapes, conditioning, a few training steps."""
+
 import functools
 
 import jax
@@ -9,9 +10,14 @@ import pytest
 
 from jaxml.models.mlp_denoiser import MLPDenoiser
 
-fast_jit = functools.partial(jax.jit, compiler_options={
-    "xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-    "xla_cpu_use_fusion_emitters": False})
+fast_jit = functools.partial(
+    jax.jit,
+    compiler_options={
+        "xla_backend_optimization_level": 0,
+        "xla_llvm_disable_expensive_passes": True,
+        "xla_cpu_use_fusion_emitters": False,
+    },
+)
 
 
 def normal(shape, seed=0):
@@ -73,8 +79,9 @@ def test_bad_options_raise():
 def test_adam_steps_lower_denoising_loss():
     # Two clusters in 2-D, noised at one σ: the denoiser learns to pull points back.
     rng = np.random.default_rng(0)
-    clean = jnp.asarray(np.where(rng.random((64, 1)) < 0.5, -1.0, 1.0) * np.ones((64, 2)),
-                        jnp.float32)
+    clean = jnp.asarray(
+        np.where(rng.random((64, 1)) < 0.5, -1.0, 1.0) * np.ones((64, 2)), jnp.float32
+    )
     noisy = clean + 0.5 * normal(clean.shape, 1)
     c = jnp.full((64,), np.log(0.5) / 4, jnp.float32)
     model = MLPDenoiser(hidden=64, depth=2)
@@ -85,6 +92,7 @@ def test_adam_steps_lower_denoising_loss():
     def step(params, opt_state):
         def loss_fn(p):
             return jnp.mean(jnp.square(noisy + model.apply({"params": p}, noisy, c) - clean))
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss

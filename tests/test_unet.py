@@ -1,4 +1,5 @@
 """DDPM++ U-Net: shapes of the named configs, conditioning, attention path, a few training steps."""
+
 import functools
 
 import jax
@@ -14,13 +15,15 @@ from jaxml.models.unet import UNET_CONFIGS, UNet, num_groups, unet_config
 # XLA's CPU code generation (LLVM passes, fusion emitters) dominates the time
 # of these tests on a small shared CPU; these options cut it about 5x and do
 # not change what is computed.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
+FAST_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
 fast_jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 # 8x8 -> 4x4, attention at 4x4 (3 attention layers: enc block, dec in0, last dec block).
-TINY = dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
-            dropout=0.0)
+TINY = dict(model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.0)
 
 
 def normal(shape, seed=0):
@@ -75,11 +78,14 @@ def test_cifar10_ddpmpp_shapes_and_size():
     assert n_params(cond_vars["params"]) - n_params(variables["params"]) == 10 * 128 + 128
 
 
-@pytest.mark.parametrize("config,resolution,channels", [
-    (unet_config("digits_small"), 8, 1),
-    (unet_config("digits16_small"), 16, 1),
-    (dict(TINY, channel_mult=(1, 1, 2, 2), attn_resolutions=(8,)), 64, 3),
-])
+@pytest.mark.parametrize(
+    "config,resolution,channels",
+    [
+        (unet_config("digits_small"), 8, 1),
+        (unet_config("digits16_small"), 16, 1),
+        (dict(TINY, channel_mult=(1, 1, 2, 2), attn_resolutions=(8,)), 64, 3),
+    ],
+)
 def test_configs_run(config, resolution, channels):
     model = UNet(**config)
     x = normal((1, resolution, resolution, channels))
@@ -177,8 +183,9 @@ def test_bad_options_raise():
         unet_config("imagenet_adm")
 
 
-@pytest.mark.parametrize("name,resolution", [("digits_small", 8), ("digits_base", 8),
-                                             ("digits16_small", 16)])
+@pytest.mark.parametrize(
+    "name,resolution", [("digits_small", 8), ("digits_base", 8), ("digits16_small", 16)]
+)
 def test_named_config_shapes(name, resolution):
     model = UNet(**unet_config(name, num_classes=10))
     x = jax.ShapeDtypeStruct((3, resolution, resolution, 1), jnp.float32)
@@ -207,6 +214,7 @@ def test_adam_steps_lower_denoising_loss():
     def step(params, opt_state):
         def loss_fn(p):
             return jnp.mean(jnp.square(noisy + model.apply({"params": p}, noisy, c) - clean))
+
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss

@@ -109,4 +109,3 @@ def eval_batches(
     if preprocess is not None:
         ds = ds.map(lambda b: {**preprocess(b), "mask": b["mask"]})
     return iter(ds)
-

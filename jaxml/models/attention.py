@@ -9,6 +9,7 @@ kernels are tested against.
 Shapes follow `jax.nn.dot_product_attention`: q (B, Lq, heads, head_dim),
 k and v (B, Lk, heads, head_dim) -> (B, Lq, heads, head_dim).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -32,6 +33,7 @@ def reference_attention(q: Array, k: Array, v: Array, *, scale: float) -> Array:
 def _jax_nn(implementation: str | None) -> AttentionFn:
     def fn(q, k, v, *, scale):
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+
     return fn
 
 
@@ -55,8 +57,9 @@ def attention_impls() -> tuple:
     return tuple(_IMPLS)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, *, impl: str = "default",
-                          scale: float | None = None) -> Array:
+def dot_product_attention(
+    q: Array, k: Array, v: Array, *, impl: str = "default", scale: float | None = None
+) -> Array:
     """Multi-head scaled dot-product attention (no mask, no bias).
 
     Args:
@@ -70,10 +73,17 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, impl: str = "default"
     """
     if impl not in _IMPLS:
         raise ValueError(f"Unknown attention impl {impl!r}; choose one of {sorted(_IMPLS)}.")
-    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[::2] != k.shape[::2] or (
-            q.shape[-1] != k.shape[-1]):
-        raise ValueError("dot_product_attention expects q (B, Lq, heads, head_dim) and k, v "
-                         f"(B, Lk, heads, head_dim); got q {q.shape}, k {k.shape}, v {v.shape}.")
+    if (
+        q.ndim != 4
+        or k.shape != v.shape
+        or k.ndim != 4
+        or q.shape[::2] != k.shape[::2]
+        or (q.shape[-1] != k.shape[-1])
+    ):
+        raise ValueError(
+            "dot_product_attention expects q (B, Lq, heads, head_dim) and k, v "
+            f"(B, Lk, heads, head_dim); got q {q.shape}, k {k.shape}, v {v.shape}."
+        )
     if scale is None:
         scale = 1.0 / float(q.shape[-1]) ** 0.5
     return _IMPLS[impl](q, k, v, scale=scale)

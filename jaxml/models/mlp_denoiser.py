@@ -10,6 +10,7 @@ optional class embedding, mapped by a Dense+SiLU layer; an input projection;
 [dropout], Dense) and a LayerNorm+SiLU+Dense output layer initialised near
 zero, so the network starts close to F = 0.
 """
+
 from __future__ import annotations
 
 import jax
@@ -51,17 +52,23 @@ class MLPDenoiser(nn.Module):
     out_features: int | None = None
 
     @nn.compact
-    def __call__(self, x: Array, c_noise: Array, labels: Array | None = None, *,
-                 train: bool = False) -> Array:
+    def __call__(
+        self, x: Array, c_noise: Array, labels: Array | None = None, *, train: bool = False
+    ) -> Array:
         if self.embedding_type not in EMBEDDING_TYPES:
-            raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, "
-                             f"got {self.embedding_type!r}.")
+            raise ValueError(
+                f"embedding_type must be one of {EMBEDDING_TYPES}, got {self.embedding_type!r}."
+            )
         if self.hidden < 1 or self.depth < 0 or self.noise_channels < 2 or self.noise_channels % 2:
-            raise ValueError("hidden must be >= 1, depth >= 0 and noise_channels even and >= 2; "
-                             f"got {self.hidden}, {self.depth}, {self.noise_channels}.")
+            raise ValueError(
+                "hidden must be >= 1, depth >= 0 and noise_channels even and >= 2; "
+                f"got {self.hidden}, {self.depth}, {self.noise_channels}."
+            )
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_dropout <= 1.0:
-            raise ValueError(f"dropout must be in [0, 1) and label_dropout in [0, 1]; got "
-                             f"{self.dropout} and {self.label_dropout}.")
+            raise ValueError(
+                f"dropout must be in [0, 1) and label_dropout in [0, 1]; got "
+                f"{self.dropout} and {self.label_dropout}."
+            )
         if self.label_dropout > 0 and self.num_classes == 0:
             raise ValueError("label_dropout needs a class-conditional model (num_classes > 0).")
         if x.ndim != 2:
@@ -70,8 +77,9 @@ class MLPDenoiser(nn.Module):
         if c_noise.ndim == 0:  # one noise level for the whole batch
             c_noise = jnp.broadcast_to(c_noise, x.shape[:1])
         if c_noise.shape != x.shape[:1]:
-            raise ValueError(f"c_noise must have shape (batch,) = {x.shape[:1]}, "
-                             f"got {c_noise.shape}.")
+            raise ValueError(
+                f"c_noise must have shape (batch,) = {x.shape[:1]}, got {c_noise.shape}."
+            )
         if labels is not None and self.num_classes == 0:
             raise ValueError("labels were given to an unconditional MLPDenoiser (num_classes=0).")
 
@@ -82,8 +90,9 @@ class MLPDenoiser(nn.Module):
             emb = fourier_embedding(c_noise, self.noise_channels, self.fourier_scale)
         if self.num_classes:
             if labels is not None and jnp.shape(labels) != (batch,):
-                raise ValueError(f"labels must have shape (batch,) = ({batch},), "
-                                 f"got {jnp.shape(labels)}.")
+                raise ValueError(
+                    f"labels must have shape (batch,) = ({batch},), got {jnp.shape(labels)}."
+                )
             rng = self.make_rng("dropout") if train and self.label_dropout > 0 else None
             onehot = class_input(labels, self.num_classes, batch, self.label_dropout, rng)
             emb = emb + nn.Dense(self.noise_channels, name="map_label")(onehot)

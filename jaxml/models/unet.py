@@ -29,6 +29,7 @@ An integer label outside [0, num_classes) (e.g. -1) or labels=None is the
 "null" class of classifier-free guidance, the same as a dropped label.
 Dropout and label dropout draw from the "dropout" rng when train=True.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ def upsample(x: Array) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
-def positional_embedding(x: Array, num_channels: int, max_positions: int = 10000,
-                         endpoint: bool = True) -> Array:
+def positional_embedding(
+    x: Array, num_channels: int, max_positions: int = 10000, endpoint: bool = True
+) -> Array:
     """Transformer-style sinusoidal embedding of a (B,) array -> (B, num_channels), [sin, cos]."""
     half = num_channels // 2
     freqs = jnp.arange(half, dtype=jnp.float32) / max(half - (1 if endpoint else 0), 1)
@@ -97,8 +99,13 @@ def fourier_embedding(x: Array, num_channels: int, scale: float = 16.0, seed: in
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
-def class_input(labels: Array | None, num_classes: int, batch: int, drop_rate: float = 0.0,
-                rng: Array | None = None) -> Array:
+def class_input(
+    labels: Array | None,
+    num_classes: int,
+    batch: int,
+    drop_rate: float = 0.0,
+    rng: Array | None = None,
+) -> Array:
     """EDM's class input: sqrt(num_classes)·one_hot(labels), (batch, num_classes).
 
     The null class (labels=None, an out-of-range label such as -1, or a label
@@ -133,8 +140,9 @@ class UNetBlock(nn.Module):
         in_channels = x.shape[-1]
         out_channels = self.out_channels
         resample = upsample if self.up else downsample if self.down else (lambda t: t)
-        conv = lambda c, k, init, name: nn.Conv(c, (k, k), padding="SAME", kernel_init=init,
-                                                dtype=self.dtype, name=name)
+        conv = lambda c, k, init, name: nn.Conv(
+            c, (k, k), padding="SAME", kernel_init=init, dtype=self.dtype, name=name
+        )
         # 1x1 convolutions as Dense layers over the channel axis: the same math
         # and fan-in/fan-out, but a plain matmul that XLA compiles and runs faster.
         proj = lambda c, init, name: nn.Dense(c, kernel_init=init, dtype=self.dtype, name=name)
@@ -143,8 +151,12 @@ class UNetBlock(nn.Module):
         x = nn.silu(_group_norm(in_channels, self.eps, self.dtype, "norm0")(x))
         x = conv(out_channels, 3, _init, "conv0")(resample(x))
 
-        params = nn.Dense(out_channels * (2 if self.adaptive_scale else 1), kernel_init=_init,
-                          dtype=self.dtype, name="affine")(emb)[:, None, None, :]
+        params = nn.Dense(
+            out_channels * (2 if self.adaptive_scale else 1),
+            kernel_init=_init,
+            dtype=self.dtype,
+            name="affine",
+        )(emb)[:, None, None, :]
         norm1 = _group_norm(out_channels, self.eps, self.dtype, "norm1")
         if self.adaptive_scale:
             scale, shift = jnp.split(params, 2, axis=-1)
@@ -162,11 +174,9 @@ class UNetBlock(nn.Module):
 
         if self.attention:
             b, h, w, c = x.shape
-            qkv = proj(3 * c, _init_attn, "qkv")(
-                _group_norm(c, self.eps, self.dtype, "norm2")(x))
+            qkv = proj(3 * c, _init_attn, "qkv")(_group_norm(c, self.eps, self.dtype, "norm2")(x))
             qkv = qkv.reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
-            a = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                      impl=self.attn_impl)
+            a = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], impl=self.attn_impl)
             a = proj(c, _init_zero, "proj")(a.reshape(b, h, w, c))
             x = (a + x) * self.skip_scale
         return x
@@ -219,17 +229,24 @@ class UNet(nn.Module):
 
     def _check_options(self, x: Array, c_noise: Array, labels: Array | None) -> None:
         if self.embedding_type not in EMBEDDING_TYPES:
-            raise ValueError(f"embedding_type must be one of {EMBEDDING_TYPES}, "
-                             f"got {self.embedding_type!r}.")
+            raise ValueError(
+                f"embedding_type must be one of {EMBEDDING_TYPES}, got {self.embedding_type!r}."
+            )
         if len(self.channel_mult) == 0 or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, "
-                             f"got {tuple(self.channel_mult)}.")
+            raise ValueError(
+                f"channel_mult must be a non-empty tuple of positive ints, "
+                f"got {tuple(self.channel_mult)}."
+            )
         if self.model_channels < 1 or self.num_blocks < 1:
-            raise ValueError(f"model_channels and num_blocks must be >= 1, got "
-                             f"{self.model_channels} and {self.num_blocks}.")
+            raise ValueError(
+                f"model_channels and num_blocks must be >= 1, got "
+                f"{self.model_channels} and {self.num_blocks}."
+            )
         if (self.model_channels * self.channel_mult_noise) % 2:
-            raise ValueError("The noise embedding width model_channels * channel_mult_noise "
-                             f"must be even, got {self.model_channels * self.channel_mult_noise}.")
+            raise ValueError(
+                "The noise embedding width model_channels * channel_mult_noise "
+                f"must be even, got {self.model_channels * self.channel_mult_noise}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
         if not 0.0 <= self.label_dropout <= 1.0:
@@ -239,32 +256,39 @@ class UNet(nn.Module):
         if self.label_dropout > 0 and self.num_classes == 0:
             raise ValueError("label_dropout needs a class-conditional model (num_classes > 0).")
         if self.attn_impl not in attention_impls():
-            raise ValueError(f"Unknown attn_impl {self.attn_impl!r}; "
-                             f"choose one of {sorted(attention_impls())}.")
+            raise ValueError(
+                f"Unknown attn_impl {self.attn_impl!r}; choose one of {sorted(attention_impls())}."
+            )
         if x.ndim != 4:
             raise ValueError(f"UNet expects NHWC images (B, H, W, C), got shape {x.shape}.")
         if c_noise.shape != x.shape[:1]:
-            raise ValueError(f"c_noise must have shape (batch,) = {x.shape[:1]}, "
-                             f"got {c_noise.shape}.")
+            raise ValueError(
+                f"c_noise must have shape (batch,) = {x.shape[:1]}, got {c_noise.shape}."
+            )
         factor = 2 ** (len(self.channel_mult) - 1)
         height, width = x.shape[1:3]
         if height % factor or width % factor:
             raise ValueError(
                 f"Input resolution {height}x{width} cannot be downsampled "
                 f"{len(self.channel_mult) - 1} times (len(channel_mult) - 1): H and W must be "
-                f"divisible by {factor}. Use fewer channel_mult entries or pad the images.")
+                f"divisible by {factor}. Use fewer channel_mult entries or pad the images."
+            )
         for level, mult in enumerate(self.channel_mult):
             channels = self.model_channels * mult
             if (height >> level) in self.attn_resolutions or level == len(self.channel_mult) - 1:
                 if channels % self.num_heads:
-                    raise ValueError(f"num_heads={self.num_heads} does not divide the "
-                                     f"{channels} channels of an attention layer.")
+                    raise ValueError(
+                        f"num_heads={self.num_heads} does not divide the "
+                        f"{channels} channels of an attention layer."
+                    )
         if labels is not None:
             if self.num_classes == 0:
                 raise ValueError("labels were given to an unconditional UNet (num_classes=0).")
             if labels.shape != x.shape[:1] or not jnp.issubdtype(labels.dtype, jnp.integer):
-                raise ValueError(f"labels must be (batch,) = {x.shape[:1]} integers, got "
-                                 f"{labels.dtype} {labels.shape}.")
+                raise ValueError(
+                    f"labels must be (batch,) = {x.shape[:1]} integers, got "
+                    f"{labels.dtype} {labels.shape}."
+                )
 
     def _embed(self, c_noise: Array, labels: Array | None, batch: int, train: bool) -> Array:
         noise_channels = self.model_channels * self.channel_mult_noise
@@ -277,18 +301,22 @@ class UNet(nn.Module):
         if self.num_classes:
             rng = self.make_rng("dropout") if train and self.label_dropout > 0 else None
             onehot = class_input(labels, self.num_classes, batch, self.label_dropout, rng)
-            emb = emb + nn.Dense(noise_channels, kernel_init=_init, dtype=self.dtype,
-                                 name="map_label")(onehot)
+            emb = emb + nn.Dense(
+                noise_channels, kernel_init=_init, dtype=self.dtype, name="map_label"
+            )(onehot)
 
-        emb = nn.silu(nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype,
-                               name="map_layer0")(emb))
-        emb = nn.silu(nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype,
-                               name="map_layer1")(emb))
+        emb = nn.silu(
+            nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer0")(emb)
+        )
+        emb = nn.silu(
+            nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer1")(emb)
+        )
         return emb
 
     @nn.compact
-    def __call__(self, x: Array, c_noise: Array, labels: Array | None = None, *,
-                 train: bool = False) -> Array:
+    def __call__(
+        self, x: Array, c_noise: Array, labels: Array | None = None, *, train: bool = False
+    ) -> Array:
         c_noise = jnp.asarray(c_noise)
         if c_noise.ndim == 0:  # one noise level for the whole batch
             c_noise = jnp.broadcast_to(c_noise, x.shape[:1])
@@ -300,23 +328,39 @@ class UNet(nn.Module):
         emb = self._embed(c_noise, labels, x.shape[0], train)
 
         block = lambda c, name, **kw: UNetBlock(
-            out_channels=c, num_heads=self.num_heads, dropout=self.dropout,
-            skip_scale=self.skip_scale, adaptive_scale=self.adaptive_scale,
-            attn_impl=self.attn_impl, dtype=self.dtype, name=name, **kw)
+            out_channels=c,
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            skip_scale=self.skip_scale,
+            adaptive_scale=self.adaptive_scale,
+            attn_impl=self.attn_impl,
+            dtype=self.dtype,
+            name=name,
+            **kw,
+        )
 
         # Encoder: every output is kept as a skip for the decoder.
         skips = []
         for level, mult in enumerate(self.channel_mult):
             res = resolution >> level
             if level == 0:
-                x = nn.Conv(self.model_channels, (3, 3), padding="SAME", kernel_init=_init,
-                            dtype=self.dtype, name=f"enc_{res}x{res}_conv")(x)
+                x = nn.Conv(
+                    self.model_channels,
+                    (3, 3),
+                    padding="SAME",
+                    kernel_init=_init,
+                    dtype=self.dtype,
+                    name=f"enc_{res}x{res}_conv",
+                )(x)
             else:
                 x = block(x.shape[-1], f"enc_{res}x{res}_down", down=True)(x, emb, train=train)
             skips.append(x)
             for idx in range(self.num_blocks):
-                x = block(self.model_channels * mult, f"enc_{res}x{res}_block{idx}",
-                          attention=res in self.attn_resolutions)(x, emb, train=train)
+                x = block(
+                    self.model_channels * mult,
+                    f"enc_{res}x{res}_block{idx}",
+                    attention=res in self.attn_resolutions,
+                )(x, emb, train=train)
                 skips.append(x)
 
         # Decoder.
@@ -329,13 +373,21 @@ class UNet(nn.Module):
                 x = block(x.shape[-1], f"dec_{res}x{res}_up", up=True)(x, emb, train=train)
             for idx in range(self.num_blocks + 1):
                 x = jnp.concatenate([x, skips.pop()], axis=-1)
-                x = block(self.model_channels * mult, f"dec_{res}x{res}_block{idx}",
-                          attention=idx == self.num_blocks and res in self.attn_resolutions)(
-                              x, emb, train=train)
+                x = block(
+                    self.model_channels * mult,
+                    f"dec_{res}x{res}_block{idx}",
+                    attention=idx == self.num_blocks and res in self.attn_resolutions,
+                )(x, emb, train=train)
 
         x = nn.silu(_group_norm(x.shape[-1], 1e-6, self.dtype, "out_norm")(x))
-        x = nn.Conv(out_channels, (3, 3), padding="SAME", kernel_init=_init_zero,
-                    dtype=self.dtype, name="out_conv")(x)
+        x = nn.Conv(
+            out_channels,
+            (3, 3),
+            padding="SAME",
+            kernel_init=_init_zero,
+            dtype=self.dtype,
+            name="out_conv",
+        )(x)
         return x.astype(in_dtype)
 
 
@@ -343,23 +395,47 @@ class UNet(nn.Module):
 # step at batch 64 on one core of a small shared CPU (XLA, float32).
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
     # EDM's CIFAR-10 DDPM++ (Karras et al. 2022, config F): 55.73M params unconditional.
-    "cifar10_ddpmpp": dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
-                           attn_resolutions=(16,), dropout=0.13, embedding_type="positional",
-                           channel_mult_noise=1),
+    "cifar10_ddpmpp": dict(
+        model_channels=128,
+        channel_mult=(2, 2, 2),
+        num_blocks=4,
+        attn_resolutions=(16,),
+        dropout=0.13,
+        embedding_type="positional",
+        channel_mult_noise=1,
+    ),
     # scikit-learn's 8x8 digits, sized for CPU training: 8x8 -> 4x4, attention at
     # 4x4; 189k params, ~0.1 s per step.
-    "digits_small": dict(model_channels=16, channel_mult=(1, 2), num_blocks=1,
-                         attn_resolutions=(4,), dropout=0.1, embedding_type="positional",
-                         channel_mult_noise=1),
+    "digits_small": dict(
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_blocks=1,
+        attn_resolutions=(4,),
+        dropout=0.1,
+        embedding_type="positional",
+        channel_mult_noise=1,
+    ),
     # The same layout, wider and deeper: 1.03M params, ~0.5 s per step on a CPU.
-    "digits_base": dict(model_channels=32, channel_mult=(1, 2), num_blocks=2,
-                        attn_resolutions=(4,), dropout=0.1, embedding_type="positional",
-                        channel_mult_noise=1),
+    "digits_base": dict(
+        model_channels=32,
+        channel_mult=(1, 2),
+        num_blocks=2,
+        attn_resolutions=(4,),
+        dropout=0.1,
+        embedding_type="positional",
+        channel_mult_noise=1,
+    ),
     # The digits upsampled to 16x16: 16 -> 8 -> 4, attention at 8x8; 317k params,
     # ~0.5 s per step on a CPU.
-    "digits16_small": dict(model_channels=16, channel_mult=(1, 2, 2), num_blocks=1,
-                           attn_resolutions=(8,), dropout=0.1, embedding_type="positional",
-                           channel_mult_noise=1),
+    "digits16_small": dict(
+        model_channels=16,
+        channel_mult=(1, 2, 2),
+        num_blocks=1,
+        attn_resolutions=(8,),
+        dropout=0.1,
+        embedding_type="positional",
+        channel_mult_noise=1,
+    ),
 }
 
 
