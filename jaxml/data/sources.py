@@ -48,16 +48,17 @@ def prepare(name: str, data_dir: str | None = None, *, allow_download: bool = Fa
     TFDS only when `allow_download=True` (the `jaxml.data.prepare` command).
     """
     data_dir = data_dir or default_data_dir()
-    if name in EMBEDDED_BUILDERS:
-        builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-    else:
-        if not allow_download:
-            raise DatasetUnavailableError(
-                f"dataset {name!r} is not embedded; prepare it with: "
-                f"{prepare_command(name, data_dir)}"
-            )
-        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    if name not in EMBEDDED_BUILDERS and not allow_download:
+        raise DatasetUnavailableError(
+            f"dataset {name!r} is not embedded; prepare it with: {prepare_command(name, data_dir)}"
+        )
+    # The builder is made under the lock: one made before another process finished
+    # preparing would keep the stale dataset info (no splits).
     with _file_lock(Path(data_dir) / f".{name}.lock"):
+        if name in EMBEDDED_BUILDERS:
+            builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+        else:
+            builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(verify_ssl=True)
