@@ -1,7 +1,8 @@
 """Timing of `linear_recurrence` implementations and of one S5 layer.
 
-    python benchmarks/scan.py             # L in {1k, 4k, 16k}, batch 8, P 256, complex64
-    python benchmarks/scan.py --quick     # small smoke run
+    python benchmarks/scan.py             # L in {1k, 4k, 16k} (GPU: up to 64k), batch 8, P 256
+    python benchmarks/scan.py --lengths 4096,65536 --impls associative pallas
+    python benchmarks/scan.py --quick --include-interpret   # CPU smoke run, Pallas interpreted
     python benchmarks/scan.py --replot benchmarks/results/scan_cpu.json   # stats + PNG only
 
 For every length, implementation and mode (forward; forward + backward) the
@@ -9,9 +10,23 @@ jitted function is compiled once, then all cases are timed round-robin
 `--repeats` times, so that load from other processes hits every case alike.
 We report medians (and minima, which load from other work disturbs least) and
 ratios against "associative" (the algorithm of the official S5 code) measured
-in the same run. Writes benchmarks/results/scan_<backend>.json and .png; the
-fastest forward+backward implementation per backend is what
+in the same run. Writes benchmarks/results/scan_<backend>.json and .png (smoke
+runs: scan_<backend>_quick[_interpret].json, or --out); the fastest
+forward+backward implementation per backend is what
 `linear_recurrence(impl="auto")` uses.
+
+Implementations: "associative", "sequential", "chunked", and "pallas" (the
+Pallas kernel of pallas_kernels.linear_scan) where it compiles, on GPU and TPU.
+On CPU Pallas only runs interpreted, which says nothing about speed; it is
+included there only with --include-interpret, for a smoke run.
+
+Bandwidth (recurrence case): the minimal bytes any implementation must move,
+divided by the median time. Forward: read b, write h (2 arrays of batch x L x P
+complex64) plus Λ̄ once. Forward + backward: those, and the backward's read of
+the cotangent of h, write of the gradient w.r.t. b and read of the saved h for
+the gradient w.r.t. Λ̄ (5 arrays). Reported as GB/s and as a fraction of
+--peak-gbps (defaults by device kind: H100 3350, H200 4800 GB/s; none
+otherwise).
 
 Cases:
   recurrence  h_t = Λ̄ h_{t-1} + b_t with one Λ̄ (P,) for all steps and b
@@ -42,8 +57,48 @@ from jaxml.models.s5 import S5Layer
 from jaxml.ssm import linear_recurrence
 from jaxml.ssm.recurrence import resolve_impl
 
-IMPLS = ("associative", "sequential", "chunked")
+IMPLS = ("associative", "sequential", "chunked", "pallas")
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_LENGTHS = {"gpu": (1024, 4096, 16384, 65536)}  # other backends: below
+DEFAULT_LENGTHS_OTHER = (1024, 4096, 16384)
+# HBM bandwidth in GB/s by a substring of jax's device_kind.
+PEAK_GBPS = {"H200": 4800.0, "H100": 3350.0}
+COMPLEX64_BYTES = 8
+
+
+def default_impls(backend: str, include_interpret: bool) -> list[str]:
+    """All implementations; "pallas" only where it compiles (GPU, TPU) or on request."""
+    if backend in ("gpu", "tpu") or include_interpret:
+        return list(IMPLS)
+    return [i for i in IMPLS if i != "pallas"]
+
+
+def default_peak_gbps(device_kind: str) -> float | None:
+    for key, gbps in PEAK_GBPS.items():
+        if key in device_kind:
+            return gbps
+    return None
+
+
+def min_bytes(case: str, mode: str, batch: int, length: int, P: int) -> int | None:
+    """Bytes the recurrence must move at least (see the module docstring); None for a layer."""
+    if case != "recurrence":
+        return None
+    arrays = {"fwd": 2, "fwd_bwd": 5}[mode]
+    lambda_bytes = {"fwd": 1, "fwd_bwd": 2}[mode] * P * COMPLEX64_BYTES  # read; + its gradient
+    return arrays * batch * length * P * COMPLEX64_BYTES + lambda_bytes
+
+
+def parse_lengths(text: str) -> list[int]:
+    try:
+        lengths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--lengths takes a comma list of ints, got {text!r}"
+        ) from None
+    if not lengths or min(lengths) < 1:
+        raise argparse.ArgumentTypeError(f"--lengths needs positive lengths, got {text!r}")
+    return lengths
 
 
 def recurrence_fns(impl: str, chunk_size: int):
@@ -149,10 +204,11 @@ def run(args) -> dict:
             "mode": mode,
             "times_s": ts,
             "compile_and_first_run_s": compile_s[(name, impl, length, mode)],
+            "min_bytes": min_bytes(name, mode, args.batch, length, args.P),
         }
         for (name, impl, length, mode), ts in times.items()
     ]
-    results = summarize(raw)
+    results = summarize(raw, args.peak_gbps)
 
     return {
         "benchmark": "benchmarks/scan.py",
@@ -168,14 +224,18 @@ def run(args) -> dict:
             "chunk_size": args.chunk_size,
             "repeats": args.repeats,
             "statistic": "median (and min) over round-robin repeats",
+            "peak_gbps": args.peak_gbps,
+            "pallas_interpreted": "pallas" in args.impls
+            and jax.default_backend() not in ("gpu", "tpu"),
         },
         "fastest": fastest(results),
         "results": results,
     }
 
 
-def summarize(raw: list[dict]) -> list[dict]:
-    """Adds medians, minima and ratios against "associative" (same case, length and mode)."""
+def summarize(raw: list[dict], peak_gbps: float | None = None) -> list[dict]:
+    """Adds medians, minima, ratios against "associative" (same case, length and mode)
+    and, where the minimal bytes are known, achieved bandwidth (and its fraction of peak)."""
 
     def stat(fn, r):
         return fn(r["times_s"])
@@ -185,6 +245,7 @@ def summarize(raw: list[dict]) -> list[dict]:
     for r in raw:
         base = by_key.get((r["case"], "associative", r["length"], r["mode"]))
         med, low = statistics.median(r["times_s"]), min(r["times_s"])
+        gbps = r["min_bytes"] / med / 1e9 if r.get("min_bytes") else None
         results.append(
             {
                 **r,
@@ -192,6 +253,8 @@ def summarize(raw: list[dict]) -> list[dict]:
                 "min_s": low,
                 "ratio_vs_associative": med / stat(statistics.median, base) if base else None,
                 "ratio_vs_associative_min": low / stat(min, base) if base else None,
+                "achieved_gbps": gbps,
+                "fraction_of_peak": gbps / peak_gbps if gbps and peak_gbps else None,
             }
         )
     return results
@@ -220,7 +283,12 @@ def plot(report: dict, path: Path) -> None:
     res = report["results"]
     case_names = [c for c in ("recurrence", "s5_layer") if any(r["case"] == c for r in res)]
     fig, axes = plt.subplots(2, len(case_names), figsize=(6 * len(case_names), 8), squeeze=False)
-    colors = {"associative": "tab:blue", "sequential": "tab:orange", "chunked": "tab:green"}
+    colors = {
+        "associative": "tab:blue",
+        "sequential": "tab:orange",
+        "chunked": "tab:green",
+        "pallas": "tab:red",
+    }
     styles = {"fwd": "-", "fwd_bwd": "--"}
     for col, name in enumerate(case_names):
         for impl in report["config"]["impls"]:
@@ -271,11 +339,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument(
+        "--lengths",
+        type=parse_lengths,
+        default=None,
+        help="comma list of sequence lengths (default: 1024,4096,16384; on GPU also 65536)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--P", type=int, default=256, help="stored (complex) state size")
     parser.add_argument("--H", type=int, default=128, help="features of the S5 layer")
-    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        choices=IMPLS,
+        help="default: all that compile here (pallas only on GPU / TPU)",
+    )
+    parser.add_argument(
+        "--include-interpret",
+        action="store_true",
+        help="on CPU, add pallas in interpret mode to the defaults (smoke run; not a timing)",
+    )
+    parser.add_argument(
+        "--peak-gbps",
+        type=float,
+        default=None,
+        help="memory bandwidth for the fraction of peak (default by device kind: H100 3350, "
+        "H200 4800; none otherwise)",
+    )
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-layer", action="store_true", help="time the recurrence only")
@@ -290,18 +381,29 @@ def main(argv=None):
         help="recompute the statistics and the PNG from this JSON's raw times (no timing)",
     )
     args = parser.parse_args(argv)
+    backend = jax.default_backend()
+    if args.lengths is None:
+        args.lengths = list(DEFAULT_LENGTHS.get(backend, DEFAULT_LENGTHS_OTHER))
+    if args.impls is None:
+        args.impls = default_impls(backend, args.include_interpret)
+    if args.peak_gbps is None:
+        args.peak_gbps = default_peak_gbps(jax.devices()[0].device_kind)
     if args.quick:
         args.lengths, args.batch, args.P, args.H, args.repeats = [256, 1024], 2, 32, 16, 3
 
     if args.replot:
         report = json.loads(args.replot.read_text())
-        report["results"] = summarize(report["results"])
+        peak = report["config"].get("peak_gbps")
+        report["results"] = summarize(report["results"], peak)
         report["fastest"] = fastest(report["results"])
         report["config"]["statistic"] = "median (and min) over round-robin repeats"
         args.out = args.out or args.replot
     else:
         report = run(args)
-    out = args.out or RESULTS / f"scan_{jax.default_backend()}{'_quick' if args.quick else ''}.json"
+    # Smoke runs never overwrite the measured results.
+    interpreted = report["config"].get("pallas_interpreted", False)
+    suffix = ("_quick" if args.quick else "") + ("_interpret" if interpreted else "")
+    out = args.out or RESULTS / f"scan_{backend}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out.with_suffix(".png"))
@@ -311,9 +413,15 @@ def main(argv=None):
     ):
         ratio = r["ratio_vs_associative"]
         ratio = f"   x{ratio:.2f} of associative" if ratio else ""
+        bw = ""
+        if r.get("achieved_gbps"):
+            bw = f"   {r['achieved_gbps']:7.1f} GB/s"
+            if r.get("fraction_of_peak"):
+                bw += f" ({100 * r['fraction_of_peak']:.0f}% of peak)"
         ms = 1e3 * r["median_s"]
         print(
-            f"{r['case']:10s} {r['mode']:7s} L={r['length']:6d} {r['impl']:11s} {ms:9.1f} ms{ratio}"
+            f"{r['case']:10s} {r['mode']:7s} L={r['length']:6d} {r['impl']:11s} {ms:9.1f} ms"
+            f"{ratio}{bw}"
         )
     print("fastest:", report["fastest"])
 

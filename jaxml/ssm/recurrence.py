@@ -11,13 +11,22 @@ interchangeable algorithms for that problem:
 - ``chunked``: sequential scans inside fixed-size chunks, run for all chunks at
   once, plus an associative scan across chunk boundaries. This is the layout a
   Pallas kernel uses (one chunk per program, carries combined afterwards).
-- ``pallas``: a slot that the kernels package fills with `register_impl`.
+- ``pallas``: the Pallas kernel of `pallas_kernels.linear_scan` (TPU: Mosaic;
+  GPU: Triton; elsewhere: interpret mode, slow, for tests). It is imported on
+  first use, so importing jaxml never imports Pallas. `linear_recurrence` hands
+  it b as (batch, L, P) -- the dims before the time axis flattened into batch,
+  those after it into P, a free reshape -- together with h0 and resets, so no
+  transpose is needed; the kernel has its own `jax.custom_vjp`. Other callers
+  of the core get the generic (L, ...) -> (1, L, P) path. `register_impl` can
+  still replace the slot.
 
-All cores are plain JAX, so gradients (w.r.t. a, b and h0) come from autodiff.
+The other cores are plain JAX, so their gradients (w.r.t. a, b and h0) come from
+autodiff.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -35,8 +44,11 @@ DEFAULT_CHUNK_SIZE = 64
 # complex64, forward+backward). Backends not listed use "associative".
 AUTO_IMPL = {
     "cpu": "sequential",
-    "gpu": "associative",
-    "tpu": "associative",
+    # NOT YET MEASURED on hardware: the Pallas kernel is chosen on GPU and TPU on the
+    # strength of its design (one pass over b at memory bandwidth). Re-run
+    # benchmarks/scan.py there and set these from its "fastest" entry.
+    "gpu": "pallas",
+    "tpu": "pallas",
 }
 
 
@@ -141,17 +153,63 @@ def _chunked_core(a, b, *, reverse: bool, chunk_size: int = DEFAULT_CHUNK_SIZE) 
 def _pallas_not_registered(a, b, *, reverse: bool):
     raise NotImplementedError(
         "linear_recurrence(impl='pallas') needs the Pallas kernel from the "
-        "pallas_kernels package (the kernels issue), which registers itself with "
-        "jaxml.ssm.recurrence.register_impl('pallas', fn). It is not registered in "
-        "this process; use impl='auto', 'associative', 'sequential' or 'chunked'."
+        "pallas_kernels package, which could not be imported in this process "
+        "(or register another core with jaxml.ssm.recurrence.register_impl('pallas', fn)); "
+        "use impl='auto', 'associative', 'sequential' or 'chunked'."
     )
+
+
+def _load_pallas_kernel():
+    """`pallas_kernels.linear_scan.linear_scan`, imported on first use; None if unavailable."""
+    try:
+        from pallas_kernels.linear_scan import linear_scan
+    except ImportError:
+        return None
+    return linear_scan
+
+
+def _pallas_core(a, b, *, reverse: bool) -> jax.Array:
+    """Core-protocol wrapper: (L, ...) time-major -> the kernel's (1, L, P) layout."""
+    kernel = _load_pallas_kernel()
+    if kernel is None:
+        _pallas_not_registered(a, b, reverse=reverse)
+    length, rest = b.shape[0], b.shape[1:]
+    a = jnp.broadcast_to(a, a.shape[:1] + rest)  # only the per-step dims, never over time
+    h = kernel(a.reshape(1, a.shape[0], -1), b.reshape(1, length, -1), reverse=reverse)
+    return h.reshape(b.shape)
+
+
+def _pallas_recurrence(a, b, h0, reset, *, axis: int, reverse: bool) -> jax.Array:
+    """The kernel on b viewed as (dims before axis, L, dims after axis): reshapes only.
+
+    `a` and `reset` have b's ndim (broadcastable); `h0` is broadcastable to b
+    without its time axis. `a` keeps a time extent of 1 when constant in time.
+    """
+    kernel = _load_pallas_kernel()
+    lead, length, trail = b.shape[:axis], b.shape[axis], b.shape[axis + 1 :]
+    n_lead, n_trail = math.prod(lead), math.prod(trail)
+    if reset is not None and any(d != 1 for d in reset.shape[axis + 1 :]):
+        # A reset that differs across the per-step dims is not the kernel's (batch, L)
+        # mask: fold it into a (materialized over time, as the generic path does).
+        a = jnp.where(reset, jnp.zeros((), a.dtype), a)
+        reset = None
+    a_lead = () if all(d == 1 for d in a.shape[:axis]) else lead
+    a = jnp.broadcast_to(a, (1,) * (axis - len(a_lead)) + a_lead + a.shape[axis : axis + 1] + trail)
+    a = a.reshape(math.prod(a_lead), a.shape[axis], n_trail)
+    if h0 is not None:
+        h0 = jnp.broadcast_to(h0, lead + trail).reshape(n_lead, n_trail)
+    if reset is not None:
+        reset = jnp.broadcast_to(reset, lead + (length,) + (1,) * len(trail))
+        reset = reset.reshape(n_lead, length)
+    h = kernel(a, b.reshape(n_lead, length, n_trail), h0, reverse=reverse, reset=reset)
+    return h.reshape(b.shape)
 
 
 _IMPLS: dict[str, CoreFn] = {
     "associative": _associative_core,
     "sequential": _sequential_core,
     "chunked": _chunked_core,
-    "pallas": _pallas_not_registered,
+    "pallas": _pallas_core,
 }
 
 
@@ -237,6 +295,7 @@ def linear_recurrence(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     core = _IMPLS[resolve_impl(impl)]
+    direct_pallas = core is _pallas_core and _load_pallas_kernel() is not None
 
     dtypes = [a.dtype, b.dtype] + ([jnp.asarray(h0).dtype] if h0 is not None else [])
     dtype = jnp.result_type(*dtypes)
@@ -257,20 +316,27 @@ def linear_recurrence(
             raise ValueError(
                 f"reset of shape {reset.shape} does not broadcast to b of shape {b.shape}."
             )
-        # A restart is the same recurrence with a_t = 0 at that step.
-        a = jnp.where(reset, jnp.zeros((), dtype), a)
+        if not direct_pallas:
+            # A restart is the same recurrence with a_t = 0 at that step.
+            a = jnp.where(reset, jnp.zeros((), dtype), a)
+            reset = None
+
+    if h0 is not None:
+        h0 = jnp.asarray(h0, dtype)
+        if not _broadcasts_to(h0.shape, b.shape[:axis] + b.shape[axis + 1 :]):
+            raise ValueError(
+                f"h0 of shape {h0.shape} does not broadcast to the per-step shape "
+                f"{b.shape[:axis] + b.shape[axis + 1 :]} (b's shape without the time axis)."
+            )
+
+    if direct_pallas:
+        return _pallas_recurrence(a, b, h0, reset, axis=axis, reverse=reverse)
 
     a = jnp.moveaxis(a, axis, 0)
     b = jnp.moveaxis(b, axis, 0)
 
     if h0 is not None:
         # Fold the initial state into the first step: h_first = a h0 + b.
-        h0 = jnp.asarray(h0, dtype)
-        if not _broadcasts_to(h0.shape, b.shape[1:]):
-            raise ValueError(
-                f"h0 of shape {h0.shape} does not broadcast to the per-step shape {b.shape[1:]} "
-                "(b's shape without the time axis)."
-            )
         first = -1 if reverse else 0
         a_first = a[first] if a.shape[0] > 1 else a[0]
         b = b.at[first].add(a_first * h0)
