@@ -18,6 +18,8 @@ class TrainState(flax.struct.PyTreeNode):
     `rng` never changes: step k uses fold_in(rng, k), so a resumed run draws the
     same randomness as an uninterrupted one. `model_state` holds the non-param
     collections (e.g. {"batch_stats": ...}); `ema_params` is None without EMA.
+    `nonfinite_count` counts steps whose loss or gradients were NaN/Inf (their
+    update was skipped); `first_nonfinite_step` is the first such step, -1 if none.
     """
 
     step: jax.Array
@@ -26,6 +28,8 @@ class TrainState(flax.struct.PyTreeNode):
     rng: jax.Array
     model_state: Any
     ema_params: Any = None
+    nonfinite_count: jax.Array | None = None
+    first_nonfinite_step: jax.Array | None = None
 
 
 def create_train_state(
@@ -55,6 +59,8 @@ def create_train_state(
             rng=train_rng,
             model_state=variables,
             ema_params=params if use_ema else None,
+            nonfinite_count=jnp.zeros((), jnp.int32),
+            first_nonfinite_step=jnp.full((), -1, jnp.int32),
         )
 
     abstract = jax.eval_shape(init, init_rng, train_rng)

@@ -34,6 +34,11 @@ def make_train_step(
 
     `ema_decay` is a constant or a function of the step (e.g. EDM's half-life
     with ramp-up); it is used only when the state carries EMA params.
+
+    A step whose loss or gradient norm is NaN/Inf changes nothing but the step
+    counter and the non-finite counters: params, optimizer state, model state
+    and EMA keep their values, so no NaN ever reaches the model. The loop then
+    stops or goes on according to `config.nan_policy`.
     """
     replicated = NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
 
@@ -47,13 +52,23 @@ def make_train_step(
         if ema_params is not None and ema_decay is not None:
             decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
             ema_params = ema_update(ema_params, params, decay)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        nonfinite_count = state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32)
+        first_nonfinite = jnp.where(
+            (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+        )
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm}
+        metrics["nonfinite_count"] = nonfinite_count
         new_state = state.replace(
             step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            model_state=model_state,
-            ema_params=ema_params,
+            params=keep_finite(params, state.params),
+            opt_state=keep_finite(opt_state, state.opt_state),
+            model_state=keep_finite(model_state, state.model_state),
+            ema_params=keep_finite(ema_params, state.ema_params),
+            nonfinite_count=nonfinite_count,
+            first_nonfinite_step=first_nonfinite.astype(jnp.int32),
         )
         return new_state, metrics
 

@@ -91,5 +91,9 @@ def get_config(variant: str = "pfgmpp"):
     config.checkpoint_every = 500
     config.checkpoints_to_keep = 2
     config.checkpoint_keep_period = ml_collections.FieldReference(None, field_type=int)
+    # Single-process stop checks; multi-process jobs use JAX's preemption sync every step.
     config.stop_check_every = 1
+    # NaN/Inf loss or gradients: the update is skipped; "stop" ends the run naming the step,
+    # "skip" counts it and goes on.
+    config.nan_policy = "stop"
     return config
