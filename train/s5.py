@@ -104,7 +104,7 @@ def main(config, workdir):
         {"params": rng, "dropout": rng}, jnp.asarray(example), train=False
     )
     state, state_shardings = training.create_train_state(
-        init_fn, tx, jax.random.PRNGKey(config.seed), mesh
+        init_fn, tx, jax.random.PRNGKey(config.seed), mesh, fsdp_min_size=config.fsdp_min_size
     )
     log.info(
         "S5 classifier with %d parameters, %d steps/epoch",

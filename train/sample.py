@@ -17,7 +17,9 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 from absl import flags
+from etils import epath
 
 from jaxml import parallel, training
 from jaxml.diffusion import metrics, recipe
@@ -99,12 +101,11 @@ def main(config, workdir):
     if config.data.name == "digits":
         info["fd_digits"] = metrics.fd_digits(images, data_dir=config.data.data_dir)
     if jax.process_index() == 0:
-        out = Path(fl.out) if fl.out else workdir / f"sample_{step}_{sampler}"
+        out = epath.Path(fl.out) if fl.out else workdir / f"sample_{step}_{sampler}"
         out.mkdir(parents=True, exist_ok=True)
         save_image_grid(images[:256], out / "samples.png", scale=4)
-        import numpy as np
-
-        np.savez_compressed(out / "samples.npz", images=images)
+        with (out / "samples.npz").open("wb") as f:
+            np.savez_compressed(f, images=images)
         (out / "info.json").write_text(json.dumps(info, indent=2))
         print(
             f"{fl.num_samples} samples ({sampler}, NFE {nfe}) in {out}"

@@ -1,8 +1,9 @@
 """Save a batch of images as one PNG grid (what a person looks at after each eval)."""
 
-from pathlib import Path
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -29,8 +30,8 @@ def image_grid(images: np.ndarray, num_cols: int | None = None, pad: int = 1) ->
 
 
 def save_image_grid(
-    images: np.ndarray, path: str | Path, *, num_cols: int | None = None, scale: int = 1
-) -> Path:
+    images: np.ndarray, path: str | os.PathLike, *, num_cols: int | None = None, scale: int = 1
+) -> epath.Path:
     """Writes images in [-1, 1] (float) or uint8 as a PNG grid, upscaled `scale`x (nearest)."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -38,7 +39,8 @@ def save_image_grid(
     grid = image_grid(images, num_cols)
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    path = Path(path)
+    path = epath.Path(path)  # local or gs://
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    with path.open("wb") as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
     return path

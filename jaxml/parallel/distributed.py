@@ -12,6 +12,7 @@ import jax
 _ENV_COORDINATOR = "JAXML_COORDINATOR_ADDRESS"
 _ENV_NUM_PROCESSES = "JAXML_NUM_PROCESSES"
 _ENV_PROCESS_ID = "JAXML_PROCESS_ID"
+_ENV_HEARTBEAT_TIMEOUT = "JAXML_HEARTBEAT_TIMEOUT"
 
 
 def _detected_cluster() -> str | None:
@@ -25,7 +26,27 @@ def _detected_cluster() -> str | None:
         return "slurm"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "mpi"
+    if _on_cloud_tpu_vm_slice():
+        return "tpu_pod"
     return None
+
+
+def _on_cloud_tpu_vm_slice() -> bool:
+    """A (non-GKE) Cloud TPU VM: no environment variable says so; JAX asks the VM metadata.
+
+    Uses JAX's own cluster detection (private module, hence the guard); it only
+    queries the metadata server when TPU chips are present.
+    """
+    try:
+        from jax._src.clusters import cloud_tpu_cluster
+    except ImportError:
+        return False
+    if not getattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False):
+        return False
+    try:
+        return bool(cloud_tpu_cluster.GceTpuCluster.is_env_present())
+    except Exception:  # noqa: BLE001 - metadata server unreachable: not a slice we can join
+        return False
 
 
 def maybe_initialize_distributed(
@@ -34,11 +55,14 @@ def maybe_initialize_distributed(
     process_id: int | None = None,
     *,
     initialization_timeout: int = 300,
+    heartbeat_timeout: int | None = None,
 ) -> bool:
     """Initializes jax.distributed if flags, JAXML_* variables or the cluster ask for it.
 
     Returns True when this is a multi-process job. Must run before any other JAX
-    call touches the devices.
+    call touches the devices. `heartbeat_timeout` (seconds, default JAX's 100 or
+    $JAXML_HEARTBEAT_TIMEOUT) bounds how long the others wait for a process that
+    died: the coordination service then ends them with an error naming it.
     """
     coordinator_address = coordinator_address or os.environ.get(_ENV_COORDINATOR) or None
     if num_processes is None and os.environ.get(_ENV_NUM_PROCESSES):
@@ -64,10 +88,16 @@ def maybe_initialize_distributed(
         "initializing jax.distributed (%s)",
         cluster or f"{num_processes} processes via {coordinator_address}",
     )
+    if heartbeat_timeout is None and os.environ.get(_ENV_HEARTBEAT_TIMEOUT):
+        heartbeat_timeout = int(os.environ[_ENV_HEARTBEAT_TIMEOUT])
+    if heartbeat_timeout is not None and heartbeat_timeout <= 0:
+        raise ValueError(f"heartbeat timeout must be positive, got {heartbeat_timeout}")
+    timeouts = {} if heartbeat_timeout is None else {"heartbeat_timeout_seconds": heartbeat_timeout}
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=initialization_timeout,
+        **timeouts,
     )
     return True

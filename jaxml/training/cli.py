@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 from jaxml.data.sources import DatasetUnavailableError
 from jaxml.parallel.distributed import maybe_initialize_distributed
 from jaxml.parallel.mesh import MeshShapeError
 from jaxml.training.checkpoint import CheckpointError
+from jaxml.training.loop import NAN_POLICIES, NonFiniteError
 
 
 class ConfigError(ValueError):
@@ -31,6 +33,9 @@ def check_loop_config(config, batch_keys: dict[str, int]):
     for key in ("total_steps", "log_every", "checkpoint_every"):
         if config[key] <= 0:
             raise ConfigError(f"config.{key} must be positive, got {config[key]}")
+    nan_policy = config.get("nan_policy", "stop")
+    if nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"config.nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     for key, value in batch_keys.items():
         if value <= 0 or value % jax.device_count():
             raise ConfigError(
@@ -67,13 +72,21 @@ def define_flags(default_config: str):
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-host runs.")
     flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-host run.")
     flags.DEFINE_integer("process_id", None, "This process's index in a multi-host run.")
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        None,
+        "Seconds after which a multi-host job whose process stopped answering (killed, "
+        "machine lost) ends every other process with an error (default: JAX's, 100; "
+        "or $JAXML_HEARTBEAT_TIMEOUT).",
+    )
 
 
-def workdir_from_flags() -> Path:
+def workdir_from_flags() -> epath.Path:
+    """--workdir (a local folder or gs://bucket/...), default runs/<config file name>."""
     fl = flags.FLAGS
     if fl.workdir:
-        return Path(fl.workdir)
-    return Path("runs") / Path(fl["config"].config_filename).stem
+        return epath.Path(fl.workdir)
+    return epath.Path("runs") / Path(fl["config"].config_filename).stem
 
 
 def run_main(main: Callable[[Any, Path], None]):
@@ -95,10 +108,18 @@ def run_main(main: Callable[[Any, Path], None]):
         except OSError as e:  # a config file that does not load
             sys.exit(f"error: {e}")
         try:
-            maybe_initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
+            maybe_initialize_distributed(
+                fl.coordinator_address,
+                fl.num_processes,
+                fl.process_id,
+                heartbeat_timeout=fl.heartbeat_timeout,
+            )
             main(config, workdir_from_flags())
         except USER_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except NonFiniteError as e:  # the run failed, not the input: status 1
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
 
     app.run(_main)

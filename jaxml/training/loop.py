@@ -3,19 +3,32 @@
 restore (if the workdir has a checkpoint) -> for each step: global batch,
 train_step, log, eval, checkpoint -> final save. SIGTERM / SIGINT finish the
 current step, save, and return; the relaunch resumes to the same numbers.
+
+Multi-process jobs stop together: JAX's preemption sync manager catches SIGTERM
+on any process, tells the others, and every process reaches the same step
+(`multihost_utils.reached_preemption_sync_point`), where orbax saves. A process
+that dies hard is noticed by the coordination service, which ends the others
+after `heartbeat_timeout` seconds with an error naming the dead task.
+
+Non-finite loss or gradients: the step skips the update (see make_train_step);
+`config.nan_policy` "stop" ends the run with NonFiniteError naming the step
+(checked at every log and before every save, nothing is saved after it),
+"skip" counts, warns and goes on.
 """
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
@@ -27,15 +40,38 @@ from jaxml.training.state import TrainState
 log = logging.getLogger(__name__)
 
 
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (a second SIGINT kills)."""
+NAN_POLICIES = ("stop", "skip")
 
-    def __init__(self):
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradients became NaN/Inf under nan_policy="stop"."""
+
+
+def _preemption_sync_manager():
+    """JAX's preemption sync manager when jax.distributed runs one, else None."""
+    if jax.process_count() == 1:
+        return None
+    return getattr(_jax_distributed.global_state, "preemption_sync_manager", None)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a stop all processes agree on (a second SIGINT kills).
+
+    One process: our handler sets a flag. Several: SIGTERM belongs to JAX's
+    preemption sync manager (a Python handler would replace its C++ one), and
+    SIGINT is forwarded to it as SIGTERM, so both take the same path. Without a
+    sync manager, the flag is all-gathered every `check_every` steps.
+    """
+
+    def __init__(self, check_every: int = 1):
         self.signal_name: str | None = None
+        self.check_every = check_every
         self._previous = {}
+        self._sync_manager = _preemption_sync_manager()
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if self._sync_manager else (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -48,13 +84,44 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: finishing this step, then saving a checkpoint", self.signal_name)
+        if self._sync_manager:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler notifies every process
 
-    def agreed(self) -> bool:
-        """True on every process if any process was asked to stop (collective when multi-host)."""
+    def agreed(self, step: int) -> bool:
+        """True on every process, at the same `step`, once any process was asked to stop.
+
+        Call it after every step (the sync manager needs to see each one)."""
+        if self._sync_manager:
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal_name = self.signal_name or "SIGTERM (preemption notice)"
+                return True
+            return False
         local = self.signal_name is not None
         if jax.process_count() == 1:
             return local
+        if step % self.check_every:
+            return False
         return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+
+
+def check_finite(state: TrainState, policy: str, reported: int) -> int:
+    """Applies nan_policy to the state's non-finite counters; returns the count now reported."""
+    count = int(jax.device_get(state.nonfinite_count))
+    if count == reported:
+        return count
+    first = int(jax.device_get(state.first_nonfinite_step)) + 1  # steps count from 1
+    if policy == "stop":
+        raise NonFiniteError(
+            f"loss or gradients became NaN/Inf at step {first} (nan_policy='stop'); the "
+            "update was not applied and nothing after it was saved. Lower the learning rate, "
+            "check the data, or set --config.nan_policy=skip to skip such steps"
+        )
+    log.warning(
+        "skipped %d update(s) with NaN/Inf loss or gradients so far (first at step %d)",
+        count,
+        first,
+    )
+    return count
 
 
 def _format_seconds(seconds: float) -> str:
@@ -64,7 +131,7 @@ def _format_seconds(seconds: float) -> str:
 
 def run(
     *,
-    workdir: str | Path,
+    workdir: str | os.PathLike,
     config: Any,
     state: TrainState,
     state_shardings: Any,
@@ -76,9 +143,10 @@ def run(
     """Trains to `config.total_steps`; returns (final state, last eval metrics).
 
     Uses config.{total_steps, log_every, eval_every, checkpoint_every,
-    checkpoints_to_keep, checkpoint_keep_period, stop_check_every}.
+    checkpoints_to_keep, checkpoint_keep_period, stop_check_every, nan_policy}.
     """
-    workdir = Path(workdir)
+    workdir = epath.Path(workdir)
+    nan_policy = config.get("nan_policy", "stop")
     total_steps = int(config.total_steps)
     checkpointer = Checkpointer(
         workdir / "checkpoints",
@@ -88,26 +156,26 @@ def run(
     )
     config_dict = json.loads(json.dumps(config.to_dict()))  # as saved: tuples become lists
 
-    latest = checkpointer.latest_step()
-    if latest is not None:
+    latest = None
+    if checkpointer.latest_step() is not None:
+        latest, state, train_iterator = checkpointer.restore_latest(
+            abstract_like(state, state_shardings), train_iterator
+        )
         saved = checkpointer.saved_config(latest)
         if saved is not None and saved != config_dict:
             changed = sorted(
                 k for k in set(saved) | set(config_dict) if saved.get(k) != config_dict.get(k)
             )
             log.warning("resuming with a config that differs from the checkpoint's in: %s", changed)
-        state, train_iterator = checkpointer.restore(
-            latest, abstract_like(state, state_shardings), train_iterator
-        )
         log.info("resumed from %s at step %d", checkpointer.directory, latest)
     start = int(jax.device_get(state.step))
+    reported_nonfinite = int(jax.device_get(state.nonfinite_count))
 
     metrics_log = MetricsLog(workdir)
     is_main = jax.process_index() == 0
     interactive = sys.stderr.isatty()
     eval_metrics: dict = {}
     last_saved = latest
-    stop_check_every = int(config.get("stop_check_every", 1) or 1)
     # A live bar on a terminal; in log files (CI, pods) a line per log_every with rate and ETA.
     bar = tqdm(
         total=total_steps,
@@ -117,59 +185,72 @@ def run(
         dynamic_ncols=True,
     )
     tick, tick_step = time.perf_counter(), start
-    with StopRequest() as stop:
-        for step in range(start, total_steps):
-            batch = sharding.global_batch(next(train_iterator), batch_sharding)
-            state, metrics = train_step(state, batch)
-            done = step + 1
-            bar.update(1)
 
-            if done % config.log_every == 0 or done == total_steps:
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                metrics["steps_per_sec"] = (done - tick_step) / max(now - tick, 1e-9)
-                tick, tick_step = now, done
-                metrics_log.write(done, metrics, prefix="train/")
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
-                if is_main and not interactive:
-                    eta = (total_steps - done) / max(metrics["steps_per_sec"], 1e-9)
-                    log.info(
-                        "step %d/%d  loss %.4f  %.2f steps/s  ETA %s",
-                        done,
-                        total_steps,
-                        metrics["loss"],
-                        metrics["steps_per_sec"],
-                        _format_seconds(eta),
-                    )
+    def save(step: int, force: bool = False) -> bool:
+        """Saves if due (or forced), never a state that nan_policy="stop" rejects."""
+        nonlocal reported_nonfinite
+        if force or checkpointer.should_save(step):
+            reported_nonfinite = check_finite(state, nan_policy, reported_nonfinite)
+        return checkpointer.save(step, state, train_iterator, config_dict, force=force)
 
-            if (
-                eval_fn is not None
-                and config.eval_every
-                and (done % config.eval_every == 0 or done == total_steps)
-            ):
-                eval_metrics = eval_fn(state)
-                metrics_log.write(done, eval_metrics, prefix="eval/")
-                if is_main:
-                    line = ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
-                    (bar.write if interactive else log.info)(f"eval at step {done}: {line}")
+    # On any exit (also an error) the checkpoint already started finishes writing.
+    try:
+        with StopRequest(int(config.get("stop_check_every", 1) or 1)) as stop:
+            for step in range(start, total_steps):
+                batch = sharding.global_batch(next(train_iterator), batch_sharding)
+                state, metrics = train_step(state, batch)
+                done = step + 1
+                bar.update(1)
 
-            if checkpointer.save(done, state, train_iterator, config_dict):
-                last_saved = done
-            if (done % stop_check_every == 0 or done == total_steps) and stop.agreed():
-                if last_saved != done:
-                    checkpointer.save(done, state, train_iterator, config_dict, force=True)
+                if done % config.log_every == 0 or done == total_steps:
+                    metrics = jax.device_get(metrics)
+                    now = time.perf_counter()
+                    metrics["steps_per_sec"] = (done - tick_step) / max(now - tick, 1e-9)
+                    tick, tick_step = now, done
+                    metrics_log.write(done, metrics, prefix="train/")
+                    reported_nonfinite = check_finite(state, nan_policy, reported_nonfinite)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+                    if is_main and not interactive:
+                        eta = (total_steps - done) / max(metrics["steps_per_sec"], 1e-9)
+                        log.info(
+                            "step %d/%d  loss %.4f  %.2f steps/s  ETA %s",
+                            done,
+                            total_steps,
+                            metrics["loss"],
+                            metrics["steps_per_sec"],
+                            _format_seconds(eta),
+                        )
+
+                if (
+                    eval_fn is not None
+                    and config.eval_every
+                    and (done % config.eval_every == 0 or done == total_steps)
+                ):
+                    eval_metrics = eval_fn(state)
+                    metrics_log.write(done, eval_metrics, prefix="eval/")
+                    if is_main:
+                        line = ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
+                        (bar.write if interactive else log.info)(f"eval at step {done}: {line}")
+
+                if save(done):
                     last_saved = done
-                log.warning(
-                    "stopped by %s at step %d; checkpoint saved", stop.signal_name or "a peer", done
-                )
-                break
-    bar.close()
-    if last_saved != int(jax.device_get(state.step)):
-        checkpointer.save(
-            int(jax.device_get(state.step)), state, train_iterator, config_dict, force=True
-        )
-    checkpointer.close()
-    metrics_log.close()
+                if stop.agreed(done):
+                    if last_saved != done:
+                        save(done, force=True)
+                        last_saved = done
+                    log.warning(
+                        "stopped by %s at step %d; checkpoint saved",
+                        stop.signal_name or "a peer",
+                        done,
+                    )
+                    break
+        bar.close()
+        final_step = int(jax.device_get(state.step))
+        if last_saved != final_step:
+            save(final_step, force=True)
+    finally:
+        checkpointer.close()
+        metrics_log.close()
     return state, eval_metrics
 
 
@@ -186,5 +267,5 @@ def finish(workdir, config, state: TrainState, eval_metrics: dict, eval_fn) -> d
         eval_metrics = eval_fn(state)
     if jax.process_index() == 0:
         final = {"step": step, **eval_metrics}
-        (Path(workdir) / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        (epath.Path(workdir) / "final_metrics.json").write_text(json.dumps(final, indent=2))
     return eval_metrics

@@ -33,6 +33,8 @@ def get_config():
     config.optimizer.warmup_epochs = 1.0
 
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    # Arrays with fewer elements stay replicated under fsdp > 1.
+    config.fsdp_min_size = 2**14
 
     config.total_steps = 3000
     config.log_every = 50
@@ -40,5 +42,9 @@ def get_config():
     config.checkpoint_every = 500
     config.checkpoints_to_keep = 2
     config.checkpoint_keep_period = ml_collections.FieldReference(None, field_type=int)
+    # Single-process stop checks; multi-process jobs use JAX's preemption sync every step.
     config.stop_check_every = 1
+    # NaN/Inf loss or gradients: the update is skipped; "stop" ends the run naming the step,
+    # "skip" counts it and goes on.
+    config.nan_policy = "stop"
     return config
