@@ -59,6 +59,7 @@ def assert_bitwise_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_sigterm_on_one_process_stops_all_at_one_step(tmp_path, data_dir, reference):
     procs = start_job(tmp_path, data_dir)
     s5_runs.wait_for_step(procs[0], tmp_path, 8)
@@ -80,6 +81,7 @@ def test_sigterm_on_one_process_stops_all_at_one_step(tmp_path, data_dir, refere
     assert_bitwise_equal(s5_runs.load_state(tmp_path, TOTAL), reference)
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_process_ends_the_other_with_an_error(tmp_path, data_dir, reference):
     procs = start_job(tmp_path, data_dir)
     s5_runs.wait_for_step(procs[0], tmp_path, 8)
