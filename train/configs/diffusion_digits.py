@@ -39,6 +39,9 @@ def get_config(variant: str = "pfgmpp"):
     config.model.preset = v["unet"]
     config.model.num_classes = 0  # 10: class-conditional (labels from the data)
     config.model.label_dropout = 0.0  # classifier-free guidance training
+    # "auto": JAX's Pallas flash attention on TPU / GPU where it compiles (not yet benchmarked;
+    # the TPU kernel is not SPMD-partitioned, so use it with one device per process).
+    config.model.attn_impl = "default"
     config.model.dtype = ml_collections.FieldReference(
         None, field_type=str
     )  # "bfloat16" on GPU/TPU
