@@ -76,6 +76,24 @@ def start(workdir, data_dir, *extra, devices=1, **popen_kwargs):
     )
 
 
+def start_processes(workdir, data_dir, *extra, processes=2, devices=2):
+    """Start `processes` cooperating train.s5 processes (jax.distributed on a free local port)."""
+    port = free_port()
+    distributed = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
+    return [
+        start(workdir, data_dir, *extra, *distributed, f"--process_id={i}", devices=devices)
+        for i in range(processes)
+    ]
+
+
+def finish(procs, timeout=600) -> list[str]:
+    """Wait for every process and check that each exited 0; their outputs."""
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {i} exited {p.returncode}:\n{out[-4000:]}"
+    return outputs
+
+
 def saved_steps(workdir) -> list[int]:
     ckpt = Path(workdir) / "checkpoints"
     if not ckpt.is_dir():

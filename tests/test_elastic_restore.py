@@ -125,23 +125,14 @@ def test_fsdp_run_resumes_on_one_device(tmp_path, data_dir, on_8_devices):
 def test_fsdp_run_resumes_on_two_processes(tmp_path, data_dir, on_8_devices):
     workdir = tmp_path / "w"
     _resume_copy(on_8_devices, workdir, 8)
-    port = s5_runs.free_port()
-    procs = [
-        s5_runs.start(
-            workdir,
-            data_dir,
-            "--config.mesh.fsdp=2",
-            "--config.fsdp_min_size=64",
-            "--config.total_steps=16",
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
-            devices=2,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
+    procs = s5_runs.start_processes(
+        workdir,
+        data_dir,
+        "--config.mesh.fsdp=2",
+        "--config.fsdp_min_size=64",
+        "--config.total_steps=16",
+    )
+    outputs = s5_runs.finish(procs)
     # The data position came from the 1-process checkpoint's file.
     assert "data position of step 8 taken from process_0-of-1.json" in outputs[0]
     resumed = s5_runs.load_state(workdir, 16)

@@ -19,26 +19,13 @@ TOTAL = 48
 HEARTBEAT_TIMEOUT = 10  # seconds (JAX's default is 100)
 
 
-def start_job(workdir, data_dir, processes=2):
-    port = s5_runs.free_port()
-    return [
-        s5_runs.start(
-            workdir,
-            data_dir,
-            f"--config.total_steps={TOTAL}",
-            f"--coordinator_address=127.0.0.1:{port}",
-            f"--num_processes={processes}",
-            f"--process_id={i}",
-            f"--heartbeat_timeout={HEARTBEAT_TIMEOUT}",
-            devices=2,
-        )
-        for i in range(processes)
-    ]
-
-
-def finish_job(procs, timeout=600):
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
-    return [p.returncode for p in procs], outputs
+def start_job(workdir, data_dir):
+    return s5_runs.start_processes(
+        workdir,
+        data_dir,
+        f"--config.total_steps={TOTAL}",
+        f"--heartbeat_timeout={HEARTBEAT_TIMEOUT}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +36,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    codes, outputs = finish_job(start_job(workdir, data_dir))
-    assert codes == [0, 0], outputs[0][-3000:]
+    s5_runs.finish(start_job(workdir, data_dir))
     return s5_runs.load_state(workdir, TOTAL)
 
 
@@ -64,8 +50,7 @@ def test_sigterm_on_one_process_stops_all_at_one_step(tmp_path, data_dir, refere
     procs = start_job(tmp_path, data_dir)
     s5_runs.wait_for_step(procs[0], tmp_path, 8)
     procs[1].send_signal(signal.SIGTERM)
-    codes, outputs = finish_job(procs)
-    assert codes == [0, 0], outputs[1][-3000:]
+    outputs = s5_runs.finish(procs)
     stopped = [
         int(line.split(" at step ")[1].split(";")[0])
         for out in outputs
@@ -75,8 +60,7 @@ def test_sigterm_on_one_process_stops_all_at_one_step(tmp_path, data_dir, refere
     assert len(stopped) == 2 and stopped[0] == stopped[1], stopped  # one agreed step
     assert 8 <= stopped[0] < TOTAL and s5_runs.saved_steps(tmp_path)[-1] == stopped[0]
 
-    codes, outputs = finish_job(start_job(tmp_path, data_dir))
-    assert codes == [0, 0], outputs[0][-3000:]
+    outputs = s5_runs.finish(start_job(tmp_path, data_dir))
     assert f"at step {stopped[0]}" in outputs[0]  # "resumed from ... at step S"
     assert_bitwise_equal(s5_runs.load_state(tmp_path, TOTAL), reference)
 
@@ -96,7 +80,6 @@ def test_sigkill_of_one_process_ends_the_other_with_an_error(tmp_path, data_dir,
     assert last < TOTAL, "the job finished before the kill; nothing was tested"
     print(f"survivor ended {waited:.1f}s after the kill; last complete checkpoint {last}")
 
-    codes, outputs = finish_job(start_job(tmp_path, data_dir))
-    assert codes == [0, 0], outputs[0][-3000:]
+    outputs = s5_runs.finish(start_job(tmp_path, data_dir))
     assert f"at step {last}" in outputs[0]
     assert_bitwise_equal(s5_runs.load_state(tmp_path, TOTAL), reference)

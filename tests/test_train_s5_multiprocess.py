@@ -9,23 +9,8 @@ def test_two_processes_match_one(tmp_path):
     data_dir = tmp_path / "tfds"
     single = tmp_path / "single"
     s5_runs.run(single, data_dir, "--config.total_steps=8", devices=1)
-    port = s5_runs.free_port()
     multi = tmp_path / "multi"
-    procs = [
-        s5_runs.start(
-            multi,
-            data_dir,
-            "--config.total_steps=8",
-            f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2",
-            f"--process_id={i}",
-            devices=2,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outputs):
-        assert p.returncode == 0, out[-4000:]
+    outputs = s5_runs.finish(s5_runs.start_processes(multi, data_dir, "--config.total_steps=8"))
     assert "over 2 processes" in outputs[0] and "'data': 4" in outputs[0]
     a, b = s5_runs.load_state(single, 8), s5_runs.load_state(multi, 8)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
