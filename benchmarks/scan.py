@@ -28,6 +28,13 @@ the gradient w.r.t. Λ̄ (5 arrays). Reported as GB/s and as a fraction of
 --peak-gbps (defaults by device kind: H100 3350, H200 4800 GB/s; none
 otherwise).
 
+Correctness first: before any timing, every implementation's recurrence
+forward and gradients (w.r.t. Λ̄ and b) are compared with a NumPy loop in
+complex128 at every length. An implementation off by more than
+--max-rel-error (relative to the reference's largest magnitude) stops the run
+with exit 1 and writes nothing: a fast wrong kernel never gets a timing. The
+errors are stored in the JSON ("max_rel_error" per implementation and length).
+
 Cases:
   recurrence  h_t = Λ̄ h_{t-1} + b_t with one Λ̄ (P,) for all steps and b
               (batch, L, P) complex64: the S5 scan alone. Backward: gradients
@@ -41,6 +48,7 @@ Cases:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -64,6 +72,11 @@ DEFAULT_LENGTHS_OTHER = (1024, 4096, 16384)
 # HBM bandwidth in GB/s by a substring of jax's device_kind.
 PEAK_GBPS = {"H200": 4800.0, "H100": 3350.0}
 COMPLEX64_BYTES = 8
+# The loss in recurrence_fns is sum(Re h) + LOSS_IMAG_WEIGHT * sum(Im h).
+LOSS_IMAG_WEIGHT = 0.5
+# Measured on CPU (complex64, |Λ̄| = 0.999, batch 8, P 256, L up to 64k): every impl within
+# 4e-5 (grad_b of sequential accumulation is the largest); one step off is ~3e-2.
+DEFAULT_MAX_REL_ERROR = 1e-3
 
 
 def default_impls(backend: str, include_interpret: bool) -> list[str]:
@@ -101,13 +114,14 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+@functools.lru_cache  # the correctness check and the timing share the compiled functions
 def recurrence_fns(impl: str, chunk_size: int):
     def fwd(a, b):
         return linear_recurrence(a, b, axis=1, impl=impl, chunk_size=chunk_size)
 
     def loss(a, b):
         h = fwd(a, b)
-        return jnp.sum(h.real) + 0.5 * jnp.sum(h.imag)
+        return jnp.sum(h.real) + LOSS_IMAG_WEIGHT * jnp.sum(h.imag)
 
     return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
@@ -117,6 +131,57 @@ def recurrence_inputs(batch: int, length: int, P: int):
     a = 0.999 * np.exp(1j * rng.uniform(-np.pi, np.pi, P))
     b = rng.normal(size=(batch, length, P)) + 1j * rng.normal(size=(batch, length, P))
     return jnp.asarray(a, jnp.complex64), jnp.asarray(b, jnp.complex64)
+
+
+def numpy_recurrence_and_grads(a: np.ndarray, b: np.ndarray):
+    """h, d loss/dΛ̄ and d loss/db for recurrence_fns' loss, by loops in complex128.
+
+    jax.grad of a real loss of a holomorphic map returns the plain transpose applied to
+    the cotangent dL/dRe h - i dL/dIm h: the backward loop uses Λ̄, not its conjugate.
+    """
+    a, b = a.astype(np.complex128), b.astype(np.complex128)
+    h = np.empty_like(b)
+    carry = np.zeros_like(b[:, 0])
+    for t in range(b.shape[1]):
+        carry = a * carry + b[:, t]
+        h[:, t] = carry
+    cotangent = 1 - 1j * LOSS_IMAG_WEIGHT
+    grad_b = np.empty_like(b)
+    carry = np.zeros_like(b[:, 0])
+    for t in reversed(range(b.shape[1])):
+        carry = cotangent + a * carry
+        grad_b[:, t] = carry
+    grad_a = np.sum(grad_b[:, 1:] * h[:, :-1], axis=(0, 1))
+    return h, grad_a, grad_b
+
+
+def rel_error(x, ref: np.ndarray) -> float:
+    """Largest error relative to the reference's largest magnitude (absolute if that is 0)."""
+    err, scale = np.max(np.abs(np.asarray(x) - ref)), np.max(np.abs(ref))
+    return float(err / scale if scale > 0 else err)
+
+
+def check_recurrence(impls, lengths, batch: int, P: int, chunk_size: int, max_rel_error: float):
+    """{impl: {length: {"h", "grad_a", "grad_b"}}} relative errors vs NumPy; raises if too big."""
+    errors, failures = {}, []
+    for length in lengths:
+        a, b = recurrence_inputs(batch, length, P)
+        ref = numpy_recurrence_and_grads(np.asarray(a), np.asarray(b))
+        for impl in impls:
+            fwd, grad = recurrence_fns(impl, chunk_size)
+            got = (fwd(a, b), *grad(a, b))
+            err = {k: rel_error(x, r) for k, x, r in zip(("h", "grad_a", "grad_b"), got, ref)}
+            errors.setdefault(impl, {})[length] = err
+            worst = max(err.values())
+            print(f"checked  {impl:11s} L={length:6d} max rel. error {worst:.1e}", flush=True)
+            if not all(e <= max_rel_error for e in err.values()):  # also catches NaN
+                failures.append(f"{impl} at L={length}: {err}")
+    if failures:
+        raise ValueError(
+            f"recurrence results differ from the NumPy reference by more than "
+            f"{max_rel_error:g} (relative): " + "; ".join(failures)
+        )
+    return errors
 
 
 def layer_fns(impl: str, H: int, P: int, batch: int, length: int):
@@ -170,6 +235,9 @@ def device_info() -> dict:
 
 def run(args) -> dict:
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    errors = check_recurrence(
+        args.impls, args.lengths, args.batch, args.P, args.chunk_size, args.max_rel_error
+    )
     cases = []  # (name, impl, L, mode, fn, args)
     compile_s = {}
     for length in args.lengths:
@@ -205,6 +273,7 @@ def run(args) -> dict:
             "times_s": ts,
             "compile_and_first_run_s": compile_s[(name, impl, length, mode)],
             "min_bytes": min_bytes(name, mode, args.batch, length, args.P),
+            "max_rel_error": errors[impl][length] if name == "recurrence" else None,
         }
         for (name, impl, length, mode), ts in times.items()
     ]
@@ -225,6 +294,7 @@ def run(args) -> dict:
             "repeats": args.repeats,
             "statistic": "median (and min) over round-robin repeats",
             "peak_gbps": args.peak_gbps,
+            "max_rel_error_allowed": args.max_rel_error,
             "pallas_interpreted": "pallas" in args.impls
             and jax.default_backend() not in ("gpu", "tpu"),
         },
@@ -367,6 +437,13 @@ def main(argv=None):
         help="memory bandwidth for the fraction of peak (default by device kind: H100 3350, "
         "H200 4800; none otherwise)",
     )
+    parser.add_argument(
+        "--max-rel-error",
+        type=float,
+        default=DEFAULT_MAX_REL_ERROR,
+        help="largest error vs the NumPy reference, relative to its largest magnitude, before "
+        "the run stops without timing",
+    )
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-layer", action="store_true", help="time the recurrence only")
@@ -399,7 +476,10 @@ def main(argv=None):
         report["config"]["statistic"] = "median (and min) over round-robin repeats"
         args.out = args.out or args.replot
     else:
-        report = run(args)
+        try:
+            report = run(args)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     # Smoke runs never overwrite the measured results.
     interpreted = report["config"].get("pallas_interpreted", False)
     suffix = ("_quick" if args.quick else "") + ("_interpret" if interpreted else "")

@@ -3,8 +3,9 @@
 Values are checked against a float64 NumPy loop, vjps against `jax.vjp` of
 `linear_scan_reference` at float64 / complex128. Both kernel variants run in
 interpret mode ("tpu_interpret": Mosaic kernel with VMEM carry across L chunks;
-"gpu_interpret": Triton kernel streaming whole segments); the compiled variants
-are only lowered (Mosaic / Triton IR), since there is no TPU or GPU here.
+"gpu_interpret": Triton kernel streaming whole segments). On a CPU-only machine
+the compiled variants are only lowered (Mosaic / Triton IR); on a GPU or TPU
+machine the same value and vjp cases also run the compiled kernel.
 Interpret mode compiles slowly, so every case jits values and vjp together.
 """
 
@@ -22,7 +23,8 @@ from jaxml.ssm import linear_recurrence, recurrence
 from pallas_kernels import linear_scan as ls
 from pallas_kernels.linear_scan import linear_scan, linear_scan_reference
 
-VARIANTS = ["tpu_interpret", "gpu_interpret"]
+ACCELERATOR = jax.default_backend() if jax.default_backend() in ("gpu", "tpu") else None
+VARIANTS = ["tpu_interpret", "gpu_interpret"] + ([ACCELERATOR] if ACCELERATOR else [])
 
 # Tolerances, relative to max(1, max |reference|) of each checked array; measured
 # errors are ~10x smaller (the reference is float64).
@@ -167,7 +169,7 @@ def test_bfloat16(variant):
 
 
 # --------------------------------------------------------------------------
-# The compiled variants: lowering only (no TPU / GPU here)
+# The compiled variants: lowering for both platforms, wherever the tests run
 # --------------------------------------------------------------------------
 
 
