@@ -52,11 +52,13 @@ def assert_matches_reference(fn, length, heads, interpret=True):
     ref = lambda q, k, v: reference_attention(q, k, v, scale=SCALE)
     out, grads = value_and_grads(fn, q, k, v, ct)
     ref_out, ref_grads = value_and_grads(ref, q, k, v, ct)
-    # (rtol, atol) of the output and of the gradients
-    tol_out, tol_grad = ((1e-5, 1e-5), (1e-4, 1e-5)) if interpret else ((COMPILED_TOL,) * 2,) * 2
-    np.testing.assert_allclose(out, ref_out, *tol_out)
+    if interpret:
+        tol_out, tol_grad = dict(rtol=1e-5, atol=1e-5), dict(rtol=1e-4, atol=1e-5)
+    else:
+        tol_out = tol_grad = dict(rtol=COMPILED_TOL, atol=COMPILED_TOL)
+    np.testing.assert_allclose(out, ref_out, **tol_out)
     for name, g, r in zip("qkv", grads, ref_grads, strict=True):
-        np.testing.assert_allclose(g, r, *tol_grad, err_msg=f"d{name}")
+        np.testing.assert_allclose(g, r, **tol_grad, err_msg=f"d{name}")
 
 
 # interpret=True everywhere; the compiled kernel too where its hardware is.

@@ -23,8 +23,10 @@ from jaxml.ssm import linear_recurrence, recurrence
 from pallas_kernels import linear_scan as ls
 from pallas_kernels.linear_scan import linear_scan, linear_scan_reference
 
-ACCELERATOR = jax.default_backend() if jax.default_backend() in ("gpu", "tpu") else None
-VARIANTS = ["tpu_interpret", "gpu_interpret"] + ([ACCELERATOR] if ACCELERATOR else [])
+# Interpreted everywhere; compiled too on a GPU / TPU machine.
+VARIANTS = ["tpu_interpret", "gpu_interpret"] + [
+    backend for backend in ("gpu", "tpu") if backend == jax.default_backend()
+]
 
 # Tolerances, relative to max(1, max |reference|) of each checked array; measured
 # errors are ~10x smaller (the reference is float64).
