@@ -4,6 +4,8 @@ import functools
 
 import numpy as np
 
+from jaxml.data import sequence_tasks
+
 
 def _linear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
     """(size_out, size_in) weights of linear interpolation with half-pixel centers."""
@@ -62,6 +64,13 @@ PREPROCESSORS = {
     "sequence_classification": sequence_classification,
     "image_classification_flat": image_classification_flat,
     "image_generation": image_generation,
+    "pixel_sequence": sequence_tasks.pixel_sequence,
+    "scifar_sequence": sequence_tasks.scifar_sequence,
+    "lra_cifar_sequence": sequence_tasks.lra_cifar_sequence,
+    "pathfinder_sequence": sequence_tasks.pathfinder_sequence,
+    "token_sequence": sequence_tasks.token_sequence,
+    "token_pair_sequence": sequence_tasks.token_pair_sequence,
+    "speech_waveform": sequence_tasks.speech_waveform,
 }
 
 
