@@ -59,13 +59,13 @@ def _record(name, split, rng):
             length = np.asarray([n for _, n in pairs], np.int32)
         else:
             tokens, n = _tokens(rng, spec["vocab_size"], shape[0])
-            length = np.int32(n)
+            length = np.int64(n)
         return {"tokens": tokens, "length": length, "label": label}
     if "audio" in fields:
         clip = spec["seq_len"] // (2 if split == "test_8khz" else 1)
         length = int(rng.integers(clip // 2, clip + 1))
         audio = rng.standard_normal(clip).astype(np.float32)
-        return {"audio": audio, "length": np.int32(length), "label": label}
+        return {"audio": audio, "length": np.int64(length), "label": label}
     shape, dtype = fields["sequence"]
     sequence = rng.integers(0, 256, size=shape).astype(dtype)
     return {"sequence": sequence, "label": label}

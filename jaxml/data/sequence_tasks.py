@@ -152,13 +152,13 @@ RECORD_FIELDS = {
     "lra_cifar": {"sequence": ((1024,), np.uint8), "label": ((), np.int64)},
     "pathfinder32": {"sequence": ((1024,), np.uint8), "label": ((), np.int64)},
     "pathx": {"sequence": ((16384,), np.uint8), "label": ((), np.int64)},
-    "listops": {"tokens": ((2048,), np.uint8), "length": ((), np.int32), "label": ((), np.int64)},
-    "imdb": {"tokens": ((4096,), np.uint8), "length": ((), np.int32), "label": ((), np.int64)},
+    "listops": {"tokens": ((2048,), np.uint8), "length": ((), np.int64), "label": ((), np.int64)},
+    "imdb": {"tokens": ((4096,), np.uint8), "length": ((), np.int64), "label": ((), np.int64)},
     "aan": {"tokens": ((2, 4000), np.uint8), "length": ((2,), np.int32), "label": ((), np.int64)},
     # audio: the normalised waveform, 16000 samples (8000 in test_8khz).
     "speech_commands35": {
         "audio": ((None,), np.float32),
-        "length": ((), np.int32),
+        "length": ((), np.int64),
         "label": ((), np.int64),
     },
 }

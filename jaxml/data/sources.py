@@ -80,13 +80,13 @@ def prepare(
             builder = PAPER_TASK_BUILDERS[name](
                 data_dir=data_dir,
                 file_format="array_record",
-                source_data_dir=manual_dir or data_dir,
+                input_dir=manual_dir or data_dir,
             )
         else:
             builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
             builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(verify_ssl=True, manual_dir=manual_dir)
+                download_config=tfds.download.DownloadConfig(verify_ssl=True)
             )
     return builder
 

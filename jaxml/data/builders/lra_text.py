@@ -69,9 +69,9 @@ class _TokenBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     L_MAX = 2048
     MIN_FREQ = 1
 
-    def __init__(self, *, source_data_dir=None, **kwargs):
+    def __init__(self, *, input_dir=None, **kwargs):
         super().__init__(**kwargs)
-        self._source_data_dir = source_data_dir
+        self._input_dir = input_dir  # release files, or the data_dir of the TFDS source
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -121,7 +121,7 @@ class Listops(_TokenBuilder):
             yield listops_tokens(source), int(target)
 
     def _split_generators(self, dl_manager):
-        paths = self._paths(dl_manager.manual_dir)
+        paths = self._paths(self._input_dir)
         index = self._vocab_index(tokens for tokens, _ in self._rows(paths["train"]))
         return {s: self._generate_examples(p, index) for s, p in paths.items()}
 
@@ -163,8 +163,8 @@ class Imdb(_TokenBuilder):
         del dl_manager
         from jaxml.data import sources
 
-        train = sources.data_source(self.SOURCE, "train", self._source_data_dir)
-        test = sources.data_source(self.SOURCE, "test", self._source_data_dir)
+        train = sources.data_source(self.SOURCE, "train", self._input_dir)
+        test = sources.data_source(self.SOURCE, "test", self._input_dir)
         index = self._vocab_index(text for text, _ in self._texts(train))
         return {
             "train": self._generate_examples(train, index),
@@ -214,7 +214,7 @@ class Aan(_TokenBuilder):
             yield int(float(fields[0])), fields[3], fields[4]
 
     def _split_generators(self, dl_manager):
-        paths = self._paths(dl_manager.manual_dir)
+        paths = self._paths(self._input_dir)
 
         def train_documents():
             for _, text1, text2 in self._rows(paths["train"]):

@@ -47,9 +47,9 @@ class _PathfinderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     VERSION = tfds.core.Version("1.0.0")
     RESOLUTION = 32
 
-    def __init__(self, *, source_data_dir=None, **kwargs):
+    def __init__(self, *, input_dir=None, **kwargs):
         super().__init__(**kwargs)
-        del source_data_dir
+        self._input_dir = input_dir  # the extracted release files (--manual_dir)
 
     @classmethod
     def level_dir(cls, manual_dir) -> Path:
@@ -74,7 +74,7 @@ class _PathfinderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         )
 
     def _split_generators(self, dl_manager):
-        level_dir = self.level_dir(dl_manager.manual_dir)
+        level_dir = self.level_dir(self._input_dir)
         samples = read_metadata(level_dir)
         train, validation, test = three_way_cut(len(samples))
         return {

@@ -2,7 +2,7 @@
 
 The source datasets are the TFDS `mnist` and `cifar10` the user prepared (array_record)
 with `python -m jaxml.data.prepare --dataset=mnist` (TFDS needs TensorFlow to encode
-their PNGs, for that step only). They are read from `source_data_dir` (the data_dir,
+their PNGs, for that step only). They are read from `input_dir` (the data_dir,
 or --manual_dir when given). Each builder keeps the source test split as `test` and
 cuts a fixed 10 % `validation` from the source train split (the rest is `train`), as
 the official loaders do (`split_train_val(0.1)`, seed 42 — see task_inputs.validation_cut).
@@ -50,9 +50,9 @@ class _PixelSequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
     VERSION = tfds.core.Version("1.0.0")
     SOURCE = "mnist"
 
-    def __init__(self, *, source_data_dir=None, **kwargs):
+    def __init__(self, *, input_dir=None, **kwargs):
         super().__init__(**kwargs)
-        self._source_data_dir = source_data_dir
+        self._input_dir = input_dir  # release files, or the data_dir of the TFDS source
 
     @classmethod
     def check_inputs(cls, manual_dir, data_dir):
@@ -83,8 +83,8 @@ class _PixelSequenceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=T
         del dl_manager
         from jaxml.data import sources
 
-        train = sources.data_source(self.SOURCE, "train", self._source_data_dir)
-        test = sources.data_source(self.SOURCE, "test", self._source_data_dir)
+        train = sources.data_source(self.SOURCE, "train", self._input_dir)
+        test = sources.data_source(self.SOURCE, "test", self._input_dir)
         train_idx, val_idx = validation_cut(len(train))
         return {
             "train": self._generate_examples(train, train_idx),

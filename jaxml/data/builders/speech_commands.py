@@ -79,9 +79,9 @@ class SpeechCommands35(tfds.core.GeneratorBasedBuilder):
     name = "speech_commands35"
     VERSION = tfds.core.Version("1.0.0")
 
-    def __init__(self, *, source_data_dir=None, **kwargs):
+    def __init__(self, *, input_dir=None, **kwargs):
         super().__init__(**kwargs)
-        del source_data_dir
+        self._input_dir = input_dir  # the extracted release files (--manual_dir)
 
     @classmethod
     def root(cls, manual_dir) -> Path:
@@ -114,7 +114,7 @@ class SpeechCommands35(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        root = self.root(dl_manager.manual_dir)
+        root = self.root(self._input_dir)
         files = split_files(root)
         mean, std = time_step_statistics(root, files["train"])
         generate = lambda split, step=1: self._generate_examples(
