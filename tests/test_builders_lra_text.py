@@ -12,7 +12,7 @@ import pytest
 from paper_task_fakes import write_fake_imdb_reviews, write_tsv
 
 from jaxml import data
-from jaxml.data import preprocess
+from jaxml.data import preprocess, sources
 from jaxml.data.sequence_tasks import RECORD_FIELDS, TASK_SPECS
 
 
@@ -44,7 +44,7 @@ def listops_dir(tmp_path_factory):
 
 
 def test_listops_tokens_vocab_lengths_splits(listops_dir, tmp_path):
-    data.prepare("listops", str(tmp_path), allow_download=True, manual_dir=str(listops_dir))
+    sources.prepare("listops", str(tmp_path), allow_download=True, manual_dir=str(listops_dir))
     train = _records("listops", "train", tmp_path)
     val = _records("listops", "validation", tmp_path)
     test = _records("listops", "test", tmp_path)
@@ -75,7 +75,9 @@ def test_listops_rejects_a_file_without_the_official_header(tmp_path):
     for split in ("train", "val", "test"):
         write_tsv(root / f"basic_{split}.tsv", [("[MAX 2 ]", 2)])
     with pytest.raises(ValueError, match="Source<TAB>Target"):
-        data.prepare("listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+        sources.prepare(
+            "listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
+        )
 
 
 def test_aan_pairs_two_documents_and_pads_each(tmp_path):
@@ -87,7 +89,7 @@ def test_aan_pairs_two_documents_and_pads_each(tmp_path):
     )
     write_tsv(root / "new_aan_pairs.eval.tsv", [("0", "p5", "p6", "cz", "a")])
     write_tsv(root / "new_aan_pairs.test.tsv", [("1", "p7", "p8", "b", "abc")])
-    data.prepare("aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare("aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
     train = _records("aan", "train", tmp_path / "out")
     val = _records("aan", "validation", tmp_path / "out")
     test = _records("aan", "test", tmp_path / "out")
@@ -116,7 +118,7 @@ def test_imdb_characters_min_freq_15_from_tfds_imdb_reviews(tmp_path):
     write_fake_imdb_reviews(
         tmp_path, {"train": [(train_text, 1), ("", 0)], "test": [("bcaé" * 1500, 0)]}
     )
-    data.prepare("imdb", str(tmp_path), allow_download=True)
+    sources.prepare("imdb", str(tmp_path), allow_download=True)
     train = _records("imdb", "train", tmp_path)
     test = _records("imdb", "test", tmp_path)
     assert (len(train), len(test)) == (2, 1)

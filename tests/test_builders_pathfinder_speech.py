@@ -15,7 +15,7 @@ import pytest
 from paper_task_fakes import write_pathfinder, write_wav
 
 from jaxml import data
-from jaxml.data import preprocess
+from jaxml.data import preprocess, sources
 from jaxml.data.builders.speech_commands import SPEECH_WORDS
 from jaxml.data.sequence_tasks import RECORD_FIELDS
 
@@ -39,13 +39,13 @@ def test_pathfinder_folders_to_sequences(tmp_path, name, folder, resolution, n):
     labels = rng.integers(0, 2, size=n)
     level = tmp_path / "lra_release" / folder / "curv_contour_length_14"
     write_pathfinder(level, images, labels, per_metadata_file=3)  # metadata 0..k: 10 sorts after 2
-    data.prepare(name, str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare(name, str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
     splits = {s: _all(name, s, tmp_path / "out") for s in ("train", "validation", "test")}
     cut = int(0.1 * n)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [n - 2 * cut, cut, cut]
     flat = images.reshape(n, -1)
     seen = []
-    for split, records in splits.items():
+    for records in splits.values():
         for r in records:
             for field, (shape, dtype) in RECORD_FIELDS[name].items():
                 assert np.asarray(r[field]).shape == shape and np.asarray(r[field]).dtype == dtype
@@ -79,7 +79,7 @@ def speech_dir(tmp_path_factory):
 
 def test_speech_commands_splits_labels_and_normalisation(speech_dir, tmp_path):
     root, clips = speech_dir
-    data.prepare("speech_commands35", str(tmp_path), allow_download=True, manual_dir=str(root))
+    sources.prepare("speech_commands35", str(tmp_path), allow_download=True, manual_dir=str(root))
     splits = {
         s: _all("speech_commands35", s, tmp_path)
         for s in ("train", "validation", "test", "test_8khz")
@@ -89,7 +89,9 @@ def test_speech_commands_splits_labels_and_normalisation(speech_dir, tmp_path):
     test_files = ["yes/c0.wav", "no/c0.wav", "backward/c1.wav"]
     val_files = ["bed/c1.wav", "zero/c1.wav"]
     train_files = [f for f in clips if f not in test_files + val_files]
-    padded = {f: np.pad(c.astype(np.float64), (0, 16000 - len(c))) / 2**30 for f, c in clips.items()}
+    padded = {
+        f: np.pad(c.astype(np.float64), (0, 16000 - len(c))) / 2**30 for f, c in clips.items()
+    }
     stack = np.stack([padded[f] for f in train_files])
     mean, std = stack.mean(0), stack.std(0, ddof=1)
     for split, files in (("validation", val_files), ("test", test_files)):
@@ -101,7 +103,9 @@ def test_speech_commands_splits_labels_and_normalisation(speech_dir, tmp_path):
             expected = (padded[f] - mean) / (std + 1e-5)
             np.testing.assert_allclose(r["audio"], expected, rtol=1e-5, atol=1e-6)
             assert r["length"] == len(clips[f])
-    assert {"bed": 0, "backward": 17, "zero": 34} == {w: SPEECH_WORDS.index(w) for w in ("bed", "backward", "zero")}
+    assert {"bed": 0, "backward": 17, "zero": 34} == {
+        w: SPEECH_WORDS.index(w) for w in ("bed", "backward", "zero")
+    }
     for r in splits["train"]:
         assert r["audio"].shape == (16000,) and r["audio"].dtype == np.float32
         assert 0 <= r["label"] < 35
@@ -136,7 +140,12 @@ def test_prepare_main_missing_lra_file_exit_2(tmp_path, capsys):
 
     from absl import flags
 
-    prepare = importlib.import_module("jaxml.data.prepare")  # jaxml.data.prepare is also a function
+    import jaxml.data
+
+    # Importing the module jaxml.data.prepare rebinds the package attribute `prepare`
+    # (also the function sources.prepare); put the function back afterwards.
+    prepare = importlib.import_module("jaxml.data.prepare")
+    jaxml.data.prepare = sources.prepare
 
     out = tmp_path / "out"
     flags.FLAGS.unparse_flags()

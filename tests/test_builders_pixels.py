@@ -13,7 +13,7 @@ from paper_task_fakes import write_fake_images
 from PIL import Image
 
 from jaxml import data
-from jaxml.data import preprocess
+from jaxml.data import preprocess, sources
 from jaxml.data.builders import pixel_tasks
 from jaxml.data.sequence_tasks import RECORD_FIELDS
 
@@ -31,7 +31,9 @@ def official_bitreversal(n):
 
 def test_psmnist_permutation_is_the_official_bit_reversal():
     np.testing.assert_array_equal(pixel_tasks.PSMNIST_PERMUTATION, official_bitreversal(784))
-    np.testing.assert_array_equal(pixel_tasks.PSMNIST_PERMUTATION[:8], [0, 512, 256, 768, 128, 640, 384, 64])
+    np.testing.assert_array_equal(
+        pixel_tasks.PSMNIST_PERMUTATION[:8], [0, 512, 256, 768, 128, 640, 384, 64]
+    )
     assert sorted(pixel_tasks.PSMNIST_PERMUTATION) == list(range(784))
 
 
@@ -73,7 +75,7 @@ def test_smnist_and_psmnist(mnist_dir, tmp_path):
     images, labels = arrays["train"]
     by_image = {img.tobytes(): int(y) for img, y in zip(images.reshape(len(images), 784), labels)}
     for name in ("smnist", "psmnist"):
-        data.prepare(name, str(tmp_path), allow_download=True, manual_dir=str(source_dir))
+        sources.prepare(name, str(tmp_path), allow_download=True, manual_dir=str(source_dir))
         train, val, test = _split_check(name, tmp_path, images, 30)
         # train and validation together are the source train split, each image once.
         raster = []
@@ -105,7 +107,9 @@ def test_validation_cut_is_fixed(mnist_dir, tmp_path):
     source_dir, _ = mnist_dir
     first = {}
     for run in ("a", "b"):
-        data.prepare("smnist", str(tmp_path / run), allow_download=True, manual_dir=str(source_dir))
+        sources.prepare(
+            "smnist", str(tmp_path / run), allow_download=True, manual_dir=str(source_dir)
+        )
         val = _all(data.data_source("smnist", "validation", str(tmp_path / run)))
         first[run] = [r["sequence"].tobytes() for r in val]
     assert first["a"] == first["b"]
@@ -114,8 +118,8 @@ def test_validation_cut_is_fixed(mnist_dir, tmp_path):
 def test_scifar_and_lra_cifar(tmp_path):
     arrays = write_fake_images(tmp_path, "cifar10", (32, 32, 3), n_train=20, n_test=5, seed=1)
     test_images, test_labels = arrays["test"]
-    data.prepare("scifar", str(tmp_path), allow_download=True)
-    data.prepare("lra_cifar", str(tmp_path), allow_download=True)
+    sources.prepare("scifar", str(tmp_path), allow_download=True)
+    sources.prepare("lra_cifar", str(tmp_path), allow_download=True)
     _split_check("scifar", tmp_path, arrays["train"][0], 20)
     _split_check("lra_cifar", tmp_path, arrays["train"][0], 20)
 
@@ -143,5 +147,5 @@ def test_scifar_and_lra_cifar(tmp_path):
 
 def test_missing_source_dataset_names_it_and_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="TFDS dataset 'cifar10'.*--dataset=cifar10"):
-        data.prepare("scifar", str(tmp_path / "out"), allow_download=True)
+        sources.prepare("scifar", str(tmp_path / "out"), allow_download=True)
     assert not (tmp_path / "out").exists()
