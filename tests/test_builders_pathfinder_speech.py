@@ -53,6 +53,12 @@ def test_pathfinder_folders_to_sequences(tmp_path, name, folder, resolution, n):
             assert r["label"] == labels[i]
             seen.append(i)
     assert sorted(seen) == list(range(n))
+    # The documented cut: samples in metadata order (numeric k), RandomState(42) permutation,
+    # train first, then validation, then test.
+    order = np.random.RandomState(42).permutation(n)
+    for split, part in (("validation", order[n - 2 * cut : n - cut]), ("test", order[n - cut :])):
+        got = {r["sequence"].tobytes() for r in splits[split]}
+        assert got == {flat[i].tobytes() for i in part}, split
     batch = preprocess.get("pathfinder_sequence")(_batch(splits["train"]))
     assert batch["inputs"].shape == (n - 2 * cut, resolution**2, 1)
     expected = np.stack([r["sequence"] for r in splits["train"]])[..., None] / 255.0 * 2 - 1
