@@ -82,7 +82,7 @@ def test_listops_rejects_a_file_without_the_official_header(tmp_path):
 
 def test_aan_pairs_two_documents_and_pads_each(tmp_path):
     root = tmp_path / "tsv_data"
-    long_doc = "ab" * 2500
+    long_doc = "b" * 3000 + "a" * 3000  # truncated to 3999: 3000 b, 999 a
     write_tsv(
         root / "new_aan_pairs.train.tsv",
         [("1", "p1", "p2", "aab", "ba"), ("0.0", "p3", "p4", long_doc, "c")],
@@ -96,13 +96,15 @@ def test_aan_pairs_two_documents_and_pads_each(tmp_path):
     assert (len(train), len(val), len(test)) == (2, 1, 1)
     for r in train + val + test:
         _check_format("aan", r)
-    # Train characters (documents truncated to 3999): a = 3+1+2000, b = 1+1+1999, c = 1.
-    a, b, c = 3, 4, 5
+    # Counts over the truncated train documents: b = 3000 + 2, a = 999 + 3, c = 1 (over the
+    # untruncated ones "a" would come first).
+    b, a, c = 3, 4, 5
     np.testing.assert_array_equal(train[0]["tokens"][0, :4], [a, a, b, 2])
     np.testing.assert_array_equal(train[0]["tokens"][1, :3], [b, a, 2])
     np.testing.assert_array_equal(train[0]["length"], [4, 3])
     np.testing.assert_array_equal(train[1]["length"], [4000, 2])
-    assert train[1]["tokens"][0, 3999] == 2 and train[1]["tokens"][0, 3998] == a  # "a" at even i
+    assert train[1]["tokens"][0, 3999] == 2 and train[1]["tokens"][0, 3998] == a
+    assert (train[1]["tokens"][0, :3000] == b).all()
     np.testing.assert_array_equal(val[0]["tokens"][0, :3], [c, 1, 2])  # z unseen -> <unk>
     assert [r["label"] for r in train + val + test] == [1, 0, 0, 1]
     batch = preprocess.get("token_pair_sequence")(

@@ -38,7 +38,8 @@ def test_pathfinder_folders_to_sequences(tmp_path, name, folder, resolution, n):
     images = rng.integers(0, 256, size=(n, resolution, resolution), dtype=np.uint8)
     labels = rng.integers(0, 2, size=n)
     level = tmp_path / "lra_release" / folder / "curv_contour_length_14"
-    write_pathfinder(level, images, labels, per_metadata_file=3)  # metadata 0..k: 10 sorts after 2
+    # Two images per metadata file: pathfinder32 has metadata/0..11.npy ("10" < "2" as text).
+    write_pathfinder(level, images, labels, per_metadata_file=2)
     sources.prepare(name, str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
     splits = {s: _all(name, s, tmp_path / "out") for s in ("train", "validation", "test")}
     cut = int(0.1 * n)

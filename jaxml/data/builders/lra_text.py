@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tqdm import tqdm
 
 from jaxml.data.builders.task_inputs import (
     MissingInputError,
@@ -83,7 +84,7 @@ class _TokenBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _vocab_index(self, train_token_lists) -> dict:
         counts = collections.Counter()
-        for tokens in train_token_lists:
+        for tokens in tqdm(train_token_lists, desc=f"{self.name}: vocabulary", unit="text"):
             counts.update(tokens[: self.L_MAX - 1])
         vocab = build_vocab(counts, self.MIN_FREQ)
         limit = TASK_SPECS[self.name]["vocab_size"]
