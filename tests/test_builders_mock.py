@@ -116,6 +116,13 @@ def test_mock_refuses_unknown_names_and_splits():
         data.data_source("mnist", "train", mock=True)
 
 
+def test_mock_of_an_embedded_dataset_is_the_dataset(tmp_path):
+    real = data.data_source("digits", "test", str(tmp_path))
+    mocked = data.data_source("digits", "test", str(tmp_path), mock=True)
+    assert len(mocked) == len(real) == 360
+    np.testing.assert_array_equal(mocked[3]["image"], real[3]["image"])
+
+
 def test_unprepared_task_names_its_prepare_command(tmp_path):
     with pytest.raises(data.DatasetUnavailableError, match="--dataset=pathx .*--manual_dir="):
         data.data_source("pathx", "train", str(tmp_path))

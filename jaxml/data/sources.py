@@ -95,9 +95,10 @@ def data_source(name: str, split: str, data_dir: str | None = None, mock: bool =
     """A random-access source (len, __getitem__) of dict records for `name`/`split`.
 
     With `mock=True`, a paper task's generated stand-in (jaxml.data.mock): same record
-    format, no files read or written.
+    format, no files read or written. Embedded datasets are made here anyway, so for them
+    mock=True gives the real records.
     """
-    if mock:
+    if mock and name not in EMBEDDED_BUILDERS:
         if name not in PAPER_TASK_BUILDERS:
             raise DatasetUnavailableError(
                 f"no mock data for {name!r}; mock datasets: {', '.join(PAPER_TASK_BUILDERS)}"
