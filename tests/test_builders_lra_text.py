@@ -138,3 +138,14 @@ def test_imdb_characters_min_freq_15_from_tfds_imdb_reviews(tmp_path):
     # 6000 characters -> 4095 + <eos>.
     assert test[0]["length"] == 4096 and test[0]["tokens"][-1] == 2
     np.testing.assert_array_equal(test[0]["tokens"][:4], [b, 1, a, e_acute])
+
+
+def test_char_encoder_equals_a_python_loop():
+    from jaxml.data.builders.lra_text import CharEncoder
+
+    vocab = ["<pad>", "<unk>", "<eos>", "e", "é", "a", " ", "\U0001f600"]
+    text = "a é\U0001f600zé" * 700 + "\U0010ffff"
+    encoder = CharEncoder({t: i for i, t in enumerate(vocab)})
+    for l_max in (1, 2, 5, 4000, 6000):
+        expected = [vocab.index(ch) if ch in vocab else 1 for ch in text[: l_max - 1]] + [2]
+        np.testing.assert_array_equal(encoder(text, l_max), expected)

@@ -51,6 +51,21 @@ def encode(tokens, index: dict, l_max: int) -> np.ndarray:
     return np.asarray(ids + [EOS], np.int64)
 
 
+class CharEncoder:
+    """`encode` for character vocabularies: a lookup table over a document's code points."""
+
+    def __init__(self, index: dict):
+        chars = {ord(c): i for c, i in index.items() if len(c) == 1}
+        # One slot past the largest code point in the vocabulary holds <unk> for the rest.
+        self._table = np.full(max(chars, default=0) + 2, UNK, np.int64)
+        self._table[list(chars)] = list(chars.values())
+
+    def __call__(self, text: str, l_max: int) -> np.ndarray:
+        codes = np.frombuffer(text[: l_max - 1].encode("utf-32-le"), "<u4")
+        ids = self._table[np.minimum(codes, len(self._table) - 1)]
+        return np.append(ids, EOS)
+
+
 def listops_tokens(source: str) -> list[str]:
     """The LRA tokenizer: "]" becomes "X", parentheses go, split on whitespace."""
     return source.translate({ord("]"): ord("X"), ord("("): None, ord(")"): None}).split()
@@ -166,15 +181,15 @@ class Imdb(_TokenBuilder):
 
         train = sources.data_source(self.SOURCE, "train", self._input_dir)
         test = sources.data_source(self.SOURCE, "test", self._input_dir)
-        index = self._vocab_index(text for text, _ in self._texts(train))
+        encoder = CharEncoder(self._vocab_index(text for text, _ in self._texts(train)))
         return {
-            "train": self._generate_examples(train, index),
-            "test": self._generate_examples(test, index),
+            "train": self._generate_examples(train, encoder),
+            "test": self._generate_examples(test, encoder),
         }
 
-    def _generate_examples(self, source, index):
+    def _generate_examples(self, source, encoder):
         for i, (text, record) in enumerate(self._texts(source)):
-            ids = encode(text, index, self.L_MAX)
+            ids = encoder(text, self.L_MAX)
             yield (
                 i,
                 {
@@ -222,12 +237,12 @@ class Aan(_TokenBuilder):
                 yield text1
                 yield text2
 
-        index = self._vocab_index(train_documents())
-        return {s: self._generate_examples(p, index) for s, p in paths.items()}
+        encoder = CharEncoder(self._vocab_index(train_documents()))
+        return {s: self._generate_examples(p, encoder) for s, p in paths.items()}
 
-    def _generate_examples(self, path, index):
+    def _generate_examples(self, path, encoder):
         for i, (label, text1, text2) in enumerate(self._rows(path)):
-            ids = [encode(text, index, self.L_MAX) for text in (text1, text2)]
+            ids = [encoder(text, self.L_MAX) for text in (text1, text2)]
             yield (
                 i,
                 {
