@@ -30,7 +30,6 @@ class ConfigError(ValueError):
 
 # Up-front checks for the task modules: each raises ConfigError naming the key
 # ("config.sampler.name must be one of ..."), which run_main turns into one line and exit 2.
-_MISSING = object()
 
 
 def config_value(config, key: str):
@@ -40,9 +39,7 @@ def config_value(config, key: str):
         try:
             value = value[part]
         except (KeyError, AttributeError, TypeError):
-            value = _MISSING
-        if value is _MISSING:
-            raise ConfigError(f"config.{key} is missing from the config")
+            raise ConfigError(f"config.{key} is missing from the config") from None
     return value
 
 
