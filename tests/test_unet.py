@@ -58,6 +58,147 @@ def random_params(model, x, c_noise, labels=None, seed=0):
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+# A NumPy float64 forward pass of the DDPM++ U-Net, written from EDM's SongUNet
+# (NVlabs/edm training/networks.py, as the module docstring describes it) and reading the
+# Flax parameter tree by name: an independent check of every value the network computes.
+
+
+def _np_silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def _np_dense(x, p):
+    return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def _np_conv3(x, p):
+    """3x3 cross-correlation with zero padding ("SAME"); kernel (3, 3, Cin, Cout)."""
+    kernel = np.asarray(p["kernel"], np.float64)
+    _, h, w, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = sum(xp[:, i : i + h, j : j + w, :] @ kernel[i, j] for i in range(3) for j in range(3))
+    return out + np.asarray(p["bias"], np.float64)
+
+
+def _np_group_norm(x, p, eps):
+    b, h, w, c = x.shape
+    groups = max(1, min(32, c // 4))
+    while c % groups:
+        groups -= 1
+    xg = x.reshape(b, h, w, groups, c // groups)
+    mean = xg.mean(axis=(1, 2, 4), keepdims=True)
+    var = xg.var(axis=(1, 2, 4), keepdims=True)
+    xn = ((xg - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    return xn * np.asarray(p["scale"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def _np_resample(x, up, down):
+    if down:  # 2x2 average pool
+        b, h, w, c = x.shape
+        return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    if up:  # nearest neighbour
+        return x.repeat(2, axis=1).repeat(2, axis=2)
+    return x
+
+
+def _np_block(x, emb, p, out_c, m, *, up=False, down=False, attention=False):
+    eps, skip_scale = 1e-6, m.skip_scale
+    h = _np_silu(_np_group_norm(x, p["norm0"], eps))
+    h = _np_conv3(_np_resample(h, up, down), p["conv0"])
+    params = _np_dense(emb, p["affine"])[:, None, None, :]
+    if m.adaptive_scale:
+        scale, shift = np.split(params, 2, axis=-1)
+        h = _np_silu(shift + _np_group_norm(h, p["norm1"], eps) * (scale + 1))
+    else:
+        h = _np_silu(_np_group_norm(h + params, p["norm1"], eps))
+    h = _np_conv3(h, p["conv1"])
+    skip = x
+    if out_c != x.shape[-1] or up or down:
+        skip = _np_dense(_np_resample(x, up, down), p["skip"])
+    h = (h + skip) * skip_scale
+    if attention:
+        b, hh, ww, c = h.shape
+        heads, d = m.num_heads, c // m.num_heads
+        qkv = _np_dense(_np_group_norm(h, p["norm2"], eps), p["qkv"]).reshape(
+            b, hh * ww, 3, heads, d
+        )
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(d)
+        weights = np.exp(logits - logits.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        a = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hh, ww, c)
+        h = (_np_dense(a, p["proj"]) + h) * skip_scale
+    return h
+
+
+def _np_unet(m, params, x, c_noise, labels=None):
+    x = np.asarray(x, np.float64)
+    # Noise embedding: EDM's PositionalEmbedding(endpoint=True), halves swapped to [sin, cos].
+    half = m.model_channels * m.channel_mult_noise // 2
+    freqs = (1.0 / 10000) ** (np.arange(half) / (half - 1))
+    args = np.asarray(c_noise, np.float64)[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    if m.num_classes:
+        onehot = np.zeros((len(x), m.num_classes))
+        if labels is not None:
+            ok = (labels >= 0) & (labels < m.num_classes)
+            onehot[np.arange(len(x))[ok], np.asarray(labels)[ok]] = np.sqrt(m.num_classes)
+        emb = emb + _np_dense(onehot, params["map_label"])
+    emb = _np_silu(_np_dense(emb, params["map_layer0"]))
+    emb = _np_silu(_np_dense(emb, params["map_layer1"]))
+
+    resolution, levels = x.shape[1], len(m.channel_mult)
+    skips = []
+    for level, mult in enumerate(m.channel_mult):
+        res = resolution >> level
+        if level == 0:
+            x = _np_conv3(x, params[f"enc_{res}x{res}_conv"])
+        else:
+            x = _np_block(x, emb, params[f"enc_{res}x{res}_down"], x.shape[-1], m, down=True)
+        skips.append(x)
+        for i in range(m.num_blocks):
+            name, attn = f"enc_{res}x{res}_block{i}", res in m.attn_resolutions
+            x = _np_block(x, emb, params[name], m.model_channels * mult, m, attention=attn)
+            skips.append(x)
+    for level, mult in reversed(list(enumerate(m.channel_mult))):
+        res = resolution >> level
+        if level == levels - 1:
+            x = _np_block(x, emb, params[f"dec_{res}x{res}_in0"], x.shape[-1], m, attention=True)
+            x = _np_block(x, emb, params[f"dec_{res}x{res}_in1"], x.shape[-1], m)
+        else:
+            x = _np_block(x, emb, params[f"dec_{res}x{res}_up"], x.shape[-1], m, up=True)
+        for i in range(m.num_blocks + 1):
+            x = np.concatenate([x, skips.pop()], axis=-1)
+            attn = i == m.num_blocks and res in m.attn_resolutions
+            x = _np_block(
+                x,
+                emb,
+                params[f"dec_{res}x{res}_block{i}"],
+                m.model_channels * mult,
+                m,
+                attention=attn,
+            )
+    x = _np_silu(_np_group_norm(x, params["out_norm"], 1e-6))
+    return _np_conv3(x, params["out_conv"])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(num_classes=3), dict(adaptive_scale=True, num_heads=2, skip_scale=0.9)],
+    ids=["ddpmpp_classes", "adaptive_scale_2heads"],
+)
+def test_forward_matches_numpy_reference(options):
+    model = UNet(**dict(TINY, **options))
+    x = normal((2, 8, 8, 1), 4)
+    c = jnp.array([-0.4, 0.7])
+    labels = jnp.array([2, -1]) if model.num_classes else None  # -1: the null class
+    params = random_params(model, x, c, labels, seed=5)
+    got = fast_jit(model.apply)({"params": params}, x, c, labels)
+    want = _np_unet(model, params, x, c, None if labels is None else np.asarray(labels))
+    assert float(np.std(want)) > 0.1  # every path carries signal
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.std(want)))
+
+
 def test_cifar10_ddpmpp_shapes_and_size():
     model = UNet(**unet_config("cifar10_ddpmpp"))
     assert model.model_channels == 128 and tuple(model.channel_mult) == (2, 2, 2)

@@ -86,21 +86,6 @@ def gmm_sample(
     return means[comp] + s * eps
 
 
-def gmm_log_density(
-    x: Array, sigma, means: Array, stds: float | Array, weights: Array | None = None
-) -> Array:
-    """log p_σ(x) of the mixture convolved with N(0, σ²I), (batch,)."""
-    means, stds, weights = _gmm_params(means, stds, weights)
-    batch = x.shape[0]
-    xf = x.reshape(batch, -1)
-    N = xf.shape[1]
-    sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (batch,))
-    var = stds[None, :] ** 2 + sigma[:, None] ** 2
-    sq_dist = jnp.sum((xf[:, None, :] - means.reshape(means.shape[0], -1)[None]) ** 2, -1)
-    log_comp = jnp.log(weights) - 0.5 * sq_dist / var - 0.5 * N * jnp.log(2 * jnp.pi * var)
-    return jax.nn.logsumexp(log_comp, axis=-1)
-
-
 def ideal_network(
     denoise_fn: DenoiseFn, precond: str | Preconditioner = "edm"
 ) -> Callable[..., Array]:

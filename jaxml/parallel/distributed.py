@@ -9,6 +9,10 @@ import os
 
 import jax
 
+from jaxml.parallel import jax_internals
+
+log = logging.getLogger(__name__)
+
 _ENV_COORDINATOR = "JAXML_COORDINATOR_ADDRESS"
 _ENV_NUM_PROCESSES = "JAXML_NUM_PROCESSES"
 _ENV_PROCESS_ID = "JAXML_PROCESS_ID"
@@ -26,27 +30,9 @@ def _detected_cluster() -> str | None:
         return "slurm"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
         return "mpi"
-    if _on_cloud_tpu_vm_slice():
+    if jax_internals.on_cloud_tpu_vm_slice():
         return "tpu_pod"
     return None
-
-
-def _on_cloud_tpu_vm_slice() -> bool:
-    """A (non-GKE) Cloud TPU VM: no environment variable says so; JAX asks the VM metadata.
-
-    Uses JAX's own cluster detection (private module, hence the guard); it only
-    queries the metadata server when TPU chips are present.
-    """
-    try:
-        from jax._src.clusters import cloud_tpu_cluster
-    except ImportError:
-        return False
-    if not getattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False):
-        return False
-    try:
-        return bool(cloud_tpu_cluster.GceTpuCluster.is_env_present())
-    except Exception:  # noqa: BLE001 - metadata server unreachable: not a slice we can join
-        return False
 
 
 def maybe_initialize_distributed(
@@ -84,7 +70,7 @@ def maybe_initialize_distributed(
     if platforms.startswith("cpu") or platforms == "":
         # CPU processes need a collectives backend; harmless when a GPU/TPU is used instead.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    logging.info(
+    log.info(
         "initializing jax.distributed (%s)",
         cluster or f"{num_processes} processes via {coordinator_address}",
     )

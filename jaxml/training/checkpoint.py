@@ -215,9 +215,6 @@ class Checkpointer:
             log.warning("could not read the config saved with step %d", step)
             return None
 
-    def wait(self):
-        self._manager.wait_until_finished()
-
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()

@@ -5,9 +5,11 @@
 `--config.<key>=<value>` overrides any config field; an unknown key is an error.
 """
 
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +28,101 @@ class ConfigError(ValueError):
     """A config value that cannot work (checked before any compute starts)."""
 
 
-def check_loop_config(config, batch_keys: dict[str, int]):
-    """Loop settings must be positive; each batch-like size a positive multiple of the devices."""
+# Up-front checks for the task modules: each raises ConfigError naming the key
+# ("config.sampler.name must be one of ..."), which run_main turns into one line and exit 2.
+
+
+def config_value(config, key: str):
+    """config's value at a dotted key ("sampler.name"); ConfigError if there is none."""
+    value = config
+    for part in key.split("."):
+        try:
+            value = value[part]
+        except (KeyError, AttributeError, TypeError):
+            raise ConfigError(f"config.{key} is missing from the config") from None
+    return value
+
+
+def check_choice(config, key: str, choices) -> None:
+    """config.<key> must be one of `choices`."""
+    value = config_value(config, key)
+    if value not in tuple(choices):
+        raise ConfigError(
+            f"config.{key} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_positive(config, key: str, *, allow_zero: bool = False, allow_none: bool = False):
+    """config.<key> must be a number > 0 (>= 0 with allow_zero; None allowed with allow_none)."""
+    value = config_value(config, key)
+    if value is None and allow_none:
+        return
+    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
+        what = "non-negative" if allow_zero else "positive"
+        raise ConfigError(
+            f"config.{key} must be {what}{' or None' if allow_none else ''}; got {value!r}"
+        )
+
+
+def check_range(config, key: str, low=None, high=None, *, allow_none: bool = False) -> None:
+    """config.<key> must be a number in [low, high] (either bound may be None: unbounded)."""
+    value = config_value(config, key)
+    if value is None and allow_none:
+        return
+    if (
+        not _is_number(value)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"config.{key} must be a number in {bounds}; got {value!r}")
+
+
+def check_device_multiple(config, key: str) -> None:
+    """config.<key> (a global batch-like size) must be a positive multiple of the devices."""
     import jax
 
+    value = config_value(config, key)
+    if not _is_number(value) or value <= 0 or value % jax.device_count():
+        raise ConfigError(
+            f"config.{key}={value!r} must be a positive multiple of the device "
+            f"count ({jax.device_count()})"
+        )
+
+
+def check_loop_config(config, batch_keys: dict[str, int] | Sequence[str] = ()):
+    """Loop settings must be positive; each batch-like size a positive multiple of the devices.
+
+    batch_keys: dotted config keys (a dict's values are ignored; the config's are checked)."""
     for key in ("total_steps", "log_every", "checkpoint_every"):
-        if config[key] <= 0:
-            raise ConfigError(f"config.{key} must be positive, got {config[key]}")
-    nan_policy = config.get("nan_policy", "stop")
-    if nan_policy not in NAN_POLICIES:
-        raise ConfigError(f"config.nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
-    for key, value in batch_keys.items():
-        if value <= 0 or value % jax.device_count():
-            raise ConfigError(
-                f"config.{key}={value} must be a positive multiple of the device "
-                f"count ({jax.device_count()})"
-            )
+        check_positive(config, key)
+    if "nan_policy" in config:
+        check_choice(config, "nan_policy", NAN_POLICIES)
+    for key in batch_keys:
+        check_device_multiple(config, key)
+
+
+def expand_user_path(path):
+    """`~` and `~user` at the start of a path from a flag or config (absl does not expand
+    them after `=`). None, gs:// paths and others pass unchanged."""
+    if isinstance(path, str) and path.startswith("~"):
+        return os.path.expanduser(path)
+    return path
+
+
+def expand_user_paths(config) -> None:
+    """Expands a leading `~` in every string value of the config, in place.
+
+    A config string starting with `~` is a path (data_dir, cache dirs, ...)."""
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            expand_user_paths(value)
+        elif isinstance(value, str) and value.startswith("~"):
+            config[key] = expand_user_path(value)
 
 
 # Problems with the user's input: reported in one line, exit status 2, no traceback.
@@ -85,29 +166,52 @@ def workdir_from_flags() -> epath.Path:
     """--workdir (a local folder or gs://bucket/...), default runs/<config file name>."""
     fl = flags.FLAGS
     if fl.workdir:
-        return epath.Path(fl.workdir)
+        return epath.Path(expand_user_path(fl.workdir))
     return epath.Path("runs") / Path(fl["config"].config_filename).stem
 
 
-def run_main(main: Callable[[Any, Path], None]):
-    """absl app.run of main(config, workdir): logging, multi-host init, one-line user errors."""
+# Loggers whose INFO lines a run shows; everything else (absl, jax, orbax, TFDS, XLA: they log
+# every file operation at INFO) only its warnings.
+OUR_LOGGERS = ("jaxml", "train", "pallas_kernels", "benchmarks")
+
+
+def configure_logging() -> None:
+    """INFO from our module loggers (logging.getLogger(__name__)), WARNING from the rest."""
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def exit_on_user_error():
+    """User-input errors -> `error: ...` on stderr and exit 2; a non-finite run -> exit 1."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteError as e:  # the run failed, not the input: status 1
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_main(main: Callable[[Any, epath.Path], None]):
+    """absl app.run of main(config, workdir): logging, `~` in paths, multi-host init, one-line
+    user errors."""
 
     def _main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        # Our progress at INFO; libraries (orbax, TFDS, XLA) log every file operation at INFO:
-        # keep only their warnings.
-        logging.getLogger().setLevel(logging.WARNING)
-        logging.getLogger("absl").setLevel(logging.WARNING)
-        for name in ("jaxml", "train"):
-            logging.getLogger(name).setLevel(logging.INFO)
+        configure_logging()
         fl = flags.FLAGS
         try:
             config = fl.config
             config.keys()  # a config that failed to load raises only when first used
         except OSError as e:  # a config file that does not load
             sys.exit(f"error: {e}")
-        try:
+        with exit_on_user_error():
+            expand_user_paths(config)
             maybe_initialize_distributed(
                 fl.coordinator_address,
                 fl.num_processes,
@@ -115,11 +219,5 @@ def run_main(main: Callable[[Any, Path], None]):
                 heartbeat_timeout=fl.heartbeat_timeout,
             )
             main(config, workdir_from_flags())
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        except NonFiniteError as e:  # the run failed, not the input: status 1
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
 
     app.run(_main)

@@ -28,7 +28,6 @@ from typing import Any
 import jax
 import numpy as np
 from etils import epath
-from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
@@ -47,11 +46,14 @@ class NonFiniteError(RuntimeError):
     """Loss or gradients became NaN/Inf under nan_policy="stop"."""
 
 
-def _preemption_sync_manager():
-    """JAX's preemption sync manager when jax.distributed runs one, else None."""
-    if jax.process_count() == 1:
-        return None
-    return getattr(_jax_distributed.global_state, "preemption_sync_manager", None)
+def _has_preemption_sync_manager() -> bool:
+    """Whether jax.distributed runs JAX's preemption sync manager (it starts one in
+    initialize() unless jax_enable_preemption_service is off)."""
+    return (
+        jax.process_count() > 1
+        and jax.distributed.is_initialized()
+        and bool(jax.config.jax_enable_preemption_service)
+    )
 
 
 class StopRequest:
@@ -67,10 +69,10 @@ class StopRequest:
         self.signal_name: str | None = None
         self.check_every = check_every
         self._previous = {}
-        self._sync_manager = _preemption_sync_manager()
+        self._jax_sync = _has_preemption_sync_manager()
 
     def __enter__(self):
-        signals = (signal.SIGINT,) if self._sync_manager else (signal.SIGTERM, signal.SIGINT)
+        signals = (signal.SIGINT,) if self._jax_sync else (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -84,14 +86,14 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
         log.warning("%s received: finishing this step, then saving a checkpoint", self.signal_name)
-        if self._sync_manager:
+        if self._jax_sync:
             os.kill(os.getpid(), signal.SIGTERM)  # JAX's handler notifies every process
 
     def agreed(self, step: int) -> bool:
         """True on every process, at the same `step`, once any process was asked to stop.
 
         Call it after every step (the sync manager needs to see each one)."""
-        if self._sync_manager:
+        if self._jax_sync:
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signal_name = self.signal_name or "SIGTERM (preemption notice)"
                 return True
