@@ -13,6 +13,7 @@ release; speech_commands35 from the Speech Commands v0.02 archive) are built fro
 error line naming it and where it comes from, exit status 2, nothing written.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -36,10 +37,12 @@ _MANUAL_DIR = flags.DEFINE_string(
 
 def main(argv):
     del argv
-    data_dir = _DATA_DIR.value or sources.default_data_dir()
+    # `--data_dir=~/x` reaches us unexpanded (the shell expands ~ only at a word's start).
+    data_dir = os.path.expanduser(_DATA_DIR.value or sources.default_data_dir())
+    manual_dir = os.path.expanduser(_MANUAL_DIR.value) if _MANUAL_DIR.value else None
     try:
         builder = sources.prepare(
-            _DATASET.value, data_dir, allow_download=True, manual_dir=_MANUAL_DIR.value
+            _DATASET.value, data_dir, allow_download=True, manual_dir=manual_dir
         )
     except (MissingInputError, sources.DatasetUnavailableError) as e:
         print(f"error: cannot prepare {_DATASET.value!r}: {e}", file=sys.stderr)
