@@ -20,6 +20,7 @@ from jaxml.parallel.distributed import maybe_initialize_distributed
 from jaxml.parallel.mesh import MeshShapeError
 from jaxml.training.checkpoint import CheckpointError
 from jaxml.training.loop import NAN_POLICIES, NonFiniteError
+from jaxml.training.posthoc_ema import PosthocEMAError
 
 
 class ConfigError(ValueError):
@@ -45,7 +46,13 @@ def check_loop_config(config, batch_keys: dict[str, int]):
 
 
 # Problems with the user's input: reported in one line, exit status 2, no traceback.
-USER_ERRORS = (CheckpointError, ConfigError, DatasetUnavailableError, MeshShapeError)
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DatasetUnavailableError,
+    MeshShapeError,
+    PosthocEMAError,
+)
 
 
 def define_flags(default_config: str):
