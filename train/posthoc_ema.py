@@ -106,6 +106,18 @@ def checkpoint_ema(workdir, config, step, mesh):
         checkpointer.close()
 
 
+def add_paired_differences(results: dict) -> dict:
+    """FD of each width minus the checkpoint EMA's, seed by seed (same latents per seed, so the
+    paired difference is far less noisy than the per-width spread over seeds)."""
+    ref = results.get("checkpoint_ema")
+    if ref:
+        for row in results["posthoc"]:
+            diffs = [a - b for a, b in zip(row["fd_digits"], ref["fd_digits"], strict=True)]
+            row["minus_checkpoint_ema"] = diffs
+            row["minus_checkpoint_ema_mean"] = float(np.mean(diffs))
+    return results
+
+
 def save_plot(results: dict, path: epath.Path):
     import matplotlib
 
@@ -188,6 +200,7 @@ def main(config, workdir):
             "fd_digits_mean": float(np.mean(fds)),
             "fd_digits_std": float(np.std(fds)),
         }
+    add_paired_differences(results)
     if jax.process_index() == 0:
         (out / "fd_vs_sigma_rel.json").write_text(json.dumps(results, indent=2))
         save_plot(results, out / "fd_vs_sigma_rel.png")
