@@ -20,7 +20,7 @@ from jaxml import data, parallel, training
 from jaxml.data import preprocess as preprocessing
 from jaxml.diffusion import metrics, recipe
 from jaxml.diffusion.image_grid import save_image_grid
-from jaxml.training import cli, loop
+from jaxml.training import cli, loop, posthoc_ema
 from jaxml.training.ema import edm_ema_decay
 
 cli.define_flags(str(Path(__file__).parent / "configs" / "diffusion_digits.py"))
@@ -65,6 +65,7 @@ def main(config, workdir):
         jax.random.PRNGKey(config.seed),
         mesh,
         use_ema=True,
+        posthoc_sigma_rels=posthoc_ema.tracked_sigma_rels(config),
         fsdp_min_size=config.fsdp_min_size,
     )
     log.info(

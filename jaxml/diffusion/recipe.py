@@ -160,6 +160,7 @@ def sample_images(
 def load_ema_params(checkpointer, step: int, config, mesh):
     """EMA params of checkpoint `step`, restored onto `mesh` (model and optimizer from `config`)."""
     from jaxml import training  # the spine imports nothing from here; keep it one-way at import
+    from jaxml.training.posthoc_ema import tracked_sigma_rels
 
     network = build_network(config.model)
     example = jnp.zeros((2, *image_shape(config)), jnp.float32)
@@ -170,6 +171,7 @@ def load_ema_params(checkpointer, step: int, config, mesh):
         jax.random.PRNGKey(0),
         mesh,
         use_ema=True,
+        posthoc_sigma_rels=tracked_sigma_rels(config),  # the saved state's shape must match
         fsdp_min_size=config.fsdp_min_size,
         abstract_only=True,
     )

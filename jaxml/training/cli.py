@@ -22,6 +22,7 @@ from jaxml.parallel.distributed import maybe_initialize_distributed
 from jaxml.parallel.mesh import MeshShapeError
 from jaxml.training.checkpoint import CheckpointError
 from jaxml.training.loop import NAN_POLICIES, NonFiniteError
+from jaxml.training.posthoc_ema import PosthocEMAError
 
 
 class ConfigError(ValueError):
@@ -126,7 +127,13 @@ def expand_user_paths(config) -> None:
 
 
 # Problems with the user's input: reported in one line, exit status 2, no traceback.
-USER_ERRORS = (CheckpointError, ConfigError, DatasetUnavailableError, MeshShapeError)
+USER_ERRORS = (
+    CheckpointError,
+    ConfigError,
+    DatasetUnavailableError,
+    MeshShapeError,
+    PosthocEMAError,
+)
 
 
 def define_flags(default_config: str):

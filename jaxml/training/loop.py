@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from jaxml.parallel import sharding
 from jaxml.training.checkpoint import Checkpointer, abstract_like
 from jaxml.training.metrics_log import MetricsLog
+from jaxml.training.posthoc_ema import SnapshotWriter
 from jaxml.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def run(
     workdir = epath.Path(workdir)
     nan_policy = config.get("nan_policy", "stop")
     total_steps = int(config.total_steps)
+    ema_snapshots = SnapshotWriter.from_config(workdir, config, state)  # None unless configured
     checkpointer = Checkpointer(
         workdir / "checkpoints",
         save_every=config.checkpoint_every,
@@ -234,6 +236,8 @@ def run(
                         line = ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
                         (bar.write if interactive else log.info)(f"eval at step {done}: {line}")
 
+                if ema_snapshots is not None:
+                    ema_snapshots.maybe_save(done, state, last=done == total_steps)
                 if save(done):
                     last_saved = done
                 if stop.agreed(done):

@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh
 
 from jaxml.parallel import sharding
+from jaxml.training.posthoc_ema import PowerEMA, init_power_ema
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -20,6 +21,7 @@ class TrainState(flax.struct.PyTreeNode):
     collections (e.g. {"batch_stats": ...}); `ema_params` is None without EMA.
     `nonfinite_count` counts steps whose loss or gradients were NaN/Inf (their
     update was skipped); `first_nonfinite_step` is the first such step, -1 if none.
+    `posthoc_ema` holds EDM2's power-function EMAs (training/posthoc_ema.py), None if off.
     """
 
     step: jax.Array
@@ -30,6 +32,7 @@ class TrainState(flax.struct.PyTreeNode):
     ema_params: Any = None
     nonfinite_count: jax.Array | None = None
     first_nonfinite_step: jax.Array | None = None
+    posthoc_ema: PowerEMA | None = None
 
 
 def create_train_state(
@@ -39,12 +42,14 @@ def create_train_state(
     mesh: Mesh,
     *,
     use_ema: bool = False,
+    posthoc_sigma_rels: tuple[float, ...] = (),
     fsdp_min_size: int = 2**14,
     abstract_only: bool = False,
 ) -> tuple[TrainState, Any]:
     """Initializes the state directly in its sharded layout; returns (state, state_shardings).
 
     `init_fn(rng) -> variables` (a flax variables dict with a "params" entry).
+    `posthoc_sigma_rels`: widths of power-function EMAs to track (post-hoc EMA), () = none.
     With `abstract_only`, the state holds ShapeDtypeStructs (a restore target), no arrays.
     """
     init_rng, train_rng = jax.random.split(rng)
@@ -61,6 +66,7 @@ def create_train_state(
             ema_params=params if use_ema else None,
             nonfinite_count=jnp.zeros((), jnp.int32),
             first_nonfinite_step=jnp.full((), -1, jnp.int32),
+            posthoc_ema=init_power_ema(params, posthoc_sigma_rels),
         )
 
     abstract = jax.eval_shape(init, init_rng, train_rng)

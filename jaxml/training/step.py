@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
+from jaxml.training.posthoc_ema import update_power_ema
 from jaxml.training.state import TrainState
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
@@ -33,7 +34,8 @@ def make_train_step(
     """step(state, batch) -> (state, metrics); metrics are scalars, replicated.
 
     `ema_decay` is a constant or a function of the step (e.g. EDM's half-life
-    with ramp-up); it is used only when the state carries EMA params.
+    with ramp-up); it is used only when the state carries EMA params. The post-hoc
+    power-function EMAs are updated whenever the state carries them (`state.posthoc_ema`).
 
     A step whose loss or gradient norm is NaN/Inf changes nothing but the step
     counter and the non-finite counters: params, optimizer state, model state
@@ -59,6 +61,11 @@ def make_train_step(
         first_nonfinite = jnp.where(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         )
+        posthoc_ema = state.posthoc_ema
+        if posthoc_ema is not None:  # from the kept params: a skipped update averages the old
+            posthoc_ema = update_power_ema(
+                posthoc_ema, keep_finite(params, state.params), state.step + 1
+            )
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm}
         metrics["nonfinite_count"] = nonfinite_count
         new_state = state.replace(
@@ -69,6 +76,7 @@ def make_train_step(
             ema_params=keep_finite(ema_params, state.ema_params),
             nonfinite_count=nonfinite_count,
             first_nonfinite_step=first_nonfinite.astype(jnp.int32),
+            posthoc_ema=posthoc_ema,
         )
         return new_state, metrics
 

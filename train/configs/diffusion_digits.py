@@ -76,6 +76,11 @@ def get_config(variant: str = "pfgmpp"):
     config.ema = ml_collections.ConfigDict()
     config.ema.halflife_kimg = 50.0
     config.ema.rampup_ratio = 0.05
+    # EDM2 post-hoc EMA (jaxml/training/posthoc_ema.py): track power-function EMAs of these
+    # widths and save them to <workdir>/ema_snapshots/ every N steps (0 = off); afterwards
+    # `python -m train.posthoc_ema --workdir=...` builds and scores any width.
+    config.ema.posthoc_sigma_rels = (0.05, 0.10)
+    config.ema.posthoc_snapshot_every = 0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.seed = 1234
