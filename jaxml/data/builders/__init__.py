@@ -5,5 +5,6 @@ Importing this package registers the builders `mnist1d` and `digits` with TFDS.
 
 from jaxml.data.builders.digits import Digits
 from jaxml.data.builders.mnist1d import Mnist1d
+from jaxml.data.builders.moving_digits import BouncingMnist, MovingDigits
 
-__all__ = ["Digits", "Mnist1d"]
+__all__ = ["BouncingMnist", "Digits", "Mnist1d", "MovingDigits"]
