@@ -15,7 +15,10 @@ import tensorflow_datasets as tfds
 from jaxml.data import builders
 
 EMBEDDED_BUILDERS = {"mnist1d": builders.Mnist1d, "digits": builders.Digits}
-EMBEDDED_BUILDERS |= {"moving_digits": builders.MovingDigits, "bouncing_mnist": builders.BouncingMnist}
+EMBEDDED_BUILDERS |= {
+    "moving_digits": builders.MovingDigits,
+    "bouncing_mnist": builders.BouncingMnist,
+}
 
 
 class DatasetUnavailableError(RuntimeError):

@@ -21,22 +21,31 @@ from flax import linen as nn
 from jaxml.ssm.conv_s5 import ConvS5
 
 
+def level_features(features: int, level: int, downsample: int) -> int:
+    """Channels at resolution level `level` (0 = full): halved per level above the latents,
+    so the full-resolution convolutions stay cheap."""
+    return max(features >> (downsample - level), 4)
+
+
 class FrameEncoder(nn.Module):
-    """(..., H, W, C) frames -> (..., H/2^d, W/2^d, features): 3x3 convs, d stride-2 ones."""
+    """(..., H, W, C) frames -> (..., H/2^d, W/2^d, features): a 3x3 conv, then d stride-2
+    3x3 convs doubling the channels up to `features`."""
 
     features: int
     downsample: int = 1
 
     @nn.compact
     def __call__(self, x):
-        x = nn.gelu(nn.Conv(self.features, (3, 3), name="conv_in")(x))
-        for i in range(self.downsample):
-            x = nn.gelu(nn.Conv(self.features, (3, 3), strides=(2, 2), name=f"down_{i}")(x))
+        d = self.downsample
+        x = nn.gelu(nn.Conv(level_features(self.features, 0, d), (3, 3), name="conv_in")(x))
+        for i in range(d):
+            width = level_features(self.features, i + 1, d)
+            x = nn.gelu(nn.Conv(width, (3, 3), strides=(2, 2), name=f"down_{i}")(x))
         return x
 
 
 class FrameDecoder(nn.Module):
-    """(..., h, w, features) -> (..., h·2^d, w·2^d, channels) logits."""
+    """(..., h, w, features) -> (..., h·2^d, w·2^d, channels) logits, mirroring the encoder."""
 
     features: int
     channels: int
@@ -44,8 +53,10 @@ class FrameDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        for i in range(self.upsample):
-            x = nn.gelu(nn.ConvTranspose(self.features, (3, 3), strides=(2, 2), name=f"up_{i}")(x))
+        d = self.upsample
+        for i in range(d):
+            width = level_features(self.features, d - i - 1, d)
+            x = nn.gelu(nn.ConvTranspose(width, (3, 3), strides=(2, 2), name=f"up_{i}")(x))
         return nn.Conv(self.channels, (3, 3), name="conv_out")(x)
 
 

@@ -113,6 +113,11 @@ class ConvS5(nn.Module):
         self._check_options()
         lam, V, Vinv = ssm_init.hippo_n_init(self.state_size, self.blocks, self.conj_sym)
         P = lam.shape[0]
+        if self.has_variable("params", "B") and self.get_variable("params", "B").shape[2] != U:
+            raise ValueError(
+                f"ConvS5 was initialised for {self.get_variable('params', 'B').shape[2]} input "
+                f"channels, got inputs with {U}."
+            )
         Lambda_re = self.param("Lambda_re", lambda _: jnp.asarray(lam.real, jnp.float32))
         Lambda_im = self.param("Lambda_im", lambda _: jnp.asarray(lam.imag, jnp.float32))
         B = self.param("B", lambda k: init_conv_B(k, Vinv, self.kernel_size_B, U))
@@ -121,10 +126,6 @@ class ConvS5(nn.Module):
         log_step = self.param(
             "log_step", lambda k: ssm_init.init_log_step(k, P, self.dt_min, self.dt_max)
         )
-        if B.shape[2] != U:
-            raise ValueError(
-                f"ConvS5 was initialised for {B.shape[2]} input channels, got inputs with {U}."
-            )
         if self.clip_eigs:
             Lambda_re = jnp.minimum(Lambda_re, -1e-4)
         Lambda = lax.complex(Lambda_re, Lambda_im)
@@ -218,4 +219,3 @@ class ConvS5(nn.Module):
         Lambda_bar, gamma, B, C, D = self._discretized(u_t.shape[-1])
         state = Lambda_bar * state + self._input_map(u_t, B, gamma)
         return state, self._output_map(state, C) + D * u_t
-

@@ -8,8 +8,9 @@ the same on every machine.
 
 `bouncing_mnist`: Moving-MNIST (Srivastava et al. 2015) from the same generator: MNIST's
 28x28 digits (always 2) on a 64x64 canvas, train and test videos. (TFDS's own
-`moving_mnist` is a fixed 20-frame test set only, hence another name.) Built from a prepared TFDS `mnist` in the same data_dir
-(`python -m jaxml.data.prepare --dataset=mnist`); nothing is downloaded here.
+`moving_mnist` is a fixed 20-frame test set only, hence another name.) Built from a
+prepared TFDS `mnist` in the same data_dir (`python -m jaxml.data.prepare --dataset=mnist`);
+nothing is downloaded here.
 
 Records: {"video": uint8 (frames, size, size, 1)}. Train videos are shorter than test ones
 so that evaluation can roll out far beyond the training length.
