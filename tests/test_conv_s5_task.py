@@ -102,7 +102,7 @@ def test_resume_is_exact(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("variant", ["convs5", "convlstm"])
+@pytest.mark.parametrize("variant", ["convs5", pytest.param("convlstm", marks=pytest.mark.slow)])
 def test_one_device_equals_eight_devices(data_dir, variant):
     """One train step on the same global batch: same loss and parameters on 1 and 8 devices."""
     results = []

@@ -50,7 +50,7 @@ def get_config(variant: str = "convs5"):
     config.data.name = "moving_digits"
     config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
     config.data.train_frames = 20
-    config.data.batch_size = 16
+    config.data.batch_size = 8
     config.data.eval_batch_size = 64
 
     config.model = conv_s5_model() if variant == "convs5" else conv_lstm_model()
