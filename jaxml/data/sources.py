@@ -19,6 +19,10 @@ from jaxml.data import builders
 from jaxml.data import mock as mock_data
 
 EMBEDDED_BUILDERS = {"mnist1d": builders.Mnist1d, "digits": builders.Digits}
+EMBEDDED_BUILDERS |= {
+    "moving_digits": builders.MovingDigits,
+    "bouncing_mnist": builders.BouncingMnist,
+}
 PAPER_TASK_BUILDERS = builders.PAPER_TASK_BUILDERS
 # Paper tasks read from the user's files rather than from another prepared TFDS dataset.
 MANUAL_DIR_TASKS = ("listops", "aan", "pathfinder32", "pathx", "speech_commands35")

@@ -15,7 +15,10 @@ from jaxml.training.cli import ConfigError
 Evaluate = Callable[[Any], dict]
 
 # name -> "module:factory". Add a line here for a new evaluator.
-EVALUATORS: dict[str, str] = {}
+EVALUATORS: dict[str, str] = {
+    "video_prediction": "jaxml.tasks.video:make_prediction_evaluator",
+    "video_strips": "jaxml.tasks.video:make_strip_evaluator",
+}
 
 
 def check_names(names: Sequence[str]) -> None:

@@ -8,6 +8,7 @@ Importing this package registers the builders `mnist1d`, `digits` and the paper 
 from jaxml.data.builders.digits import Digits
 from jaxml.data.builders.lra_text import Aan, Imdb, Listops
 from jaxml.data.builders.mnist1d import Mnist1d
+from jaxml.data.builders.moving_digits import BouncingMnist, MovingDigits
 from jaxml.data.builders.pathfinder import Pathfinder32, Pathx
 from jaxml.data.builders.pixel_tasks import LraCifar, Psmnist, Scifar, Smnist
 from jaxml.data.builders.speech_commands import SpeechCommands35
@@ -24,5 +25,7 @@ __all__ = [
     "PAPER_TASK_BUILDERS",
     "Digits",
     "Mnist1d",
+    "MovingDigits",
+    "BouncingMnist",
     *(c.__name__ for c in PAPER_TASK_BUILDERS.values()),
 ]
