@@ -113,7 +113,7 @@ def test_digits_stale_or_corrupt_cache_is_retrained(digits_dirs, tmp_path, monke
         calls.append(kwargs)
         return good_params, good_info
 
-    monkeypatch.setattr(metrics, "train_digits_classifier", fake_train)
+    monkeypatch.setattr(metrics.digits, "train_digits_classifier", fake_train)
     cache_file = tmp_path / metrics.DIGITS_CACHE_FILE
     cache_file.write_bytes(
         flax.serialization.msgpack_serialize(
@@ -183,7 +183,7 @@ def test_inception_architecture_shapes():
         jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32),
     )
     assert out.shape == (2, metrics.INCEPTION_FEATURES)
-    shapes = metrics._inception_param_shapes()
+    shapes = metrics.inception_param_shapes()
     assert len(shapes) == 94 * 5  # 94 conv+BN blocks: kernel, scale, bias, mean, var
     trainable = sum(
         int(np.prod(s.shape)) for k, s in shapes.items() if k[-1] not in ("mean", "var")
@@ -280,25 +280,24 @@ def test_fid_and_reference_stats_plumbing(tmp_path):
     reference = rng.uniform(-1, 1, (300, 2, 2, 1)).astype(np.float32)
     stats_path = tmp_path / "stats" / "ref.npz"
     mu, sigma = metrics.compute_reference_stats(
-        reference, stats_path, features_fn=features_fn, batch_size=64
+        reference, stats_path, features_fn=features_fn, batch_size=64, quantize=False
     )
     loaded_mu, loaded_sigma = metrics.load_reference_stats(stats_path)
     np.testing.assert_array_equal(loaded_mu, mu)
     np.testing.assert_array_equal(loaded_sigma, sigma)
     np.testing.assert_allclose(mu, reference.reshape(300, -1).astype(np.float64).mean(0))
 
-    same = metrics.fid(reference, stats_path, features_fn=features_fn)
+    same = metrics.fid(reference, stats_path, features_fn=features_fn, quantize=False)
     assert same == pytest.approx(0.0, abs=1e-9)
     shifted = reference + 0.5
     shifted_stats = metrics.feature_statistics(features_fn(shifted))
     expected = metrics.frechet_distance(*shifted_stats, mu, sigma)
     assert expected == pytest.approx(4 * 0.25, rel=1e-6)  # only the means moved
     for stats in (stats_path, (mu, sigma), {"mu": mu, "sigma": sigma}):
-        assert metrics.fid(shifted, stats, features_fn=features_fn, batch_size=64) == pytest.approx(
-            expected, rel=1e-9
-        )
+        got = metrics.fid(shifted, stats, features_fn=features_fn, batch_size=64, quantize=False)
+        assert got == pytest.approx(expected, rel=1e-9)
 
-    with pytest.raises(FileNotFoundError, match="compute_reference_stats"):
+    with pytest.raises(FileNotFoundError, match="jaxml.diffusion.fid stats"):
         metrics.load_reference_stats(tmp_path / "none.npz")
     np.savez(tmp_path / "bad.npz", mean=mu)
     with pytest.raises(ValueError, match="'mu' and 'sigma'"):

@@ -1,0 +1,334 @@
+"""FD-digits: a small classifier trained on the embedded 8×8 digits defines the feature space.
+
+`digits_feature_extractor` trains the classifier once (~seconds on a CPU)
+and caches its parameters in ``cache_dir``; `fd_digits(images)` is the FD of
+generated images against the train split; `digits_reference_numbers` gives
+the scale (the real-data floor and the FD of pure noise).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxml.diffusion.metrics.features import (
+    FeaturesFn,
+    default_cache_dir,
+    features_in_batches,
+    to_signed_unit,
+)
+from jaxml.diffusion.metrics.frechet import feature_statistics, frechet_distance
+
+Array = Any
+PathLike = str | os.PathLike
+
+# Bump when the architecture, data or training recipe changes: caches with
+# another tag are retrained instead of silently giving other numbers.
+DIGITS_CLASSIFIER_VERSION = "digits-mlp512-64-v1"
+DIGITS_CACHE_FILE = "digits_fd_classifier.msgpack"
+DIGITS_FEATURES = 64
+_DIGITS_TRAIN = dict(seed=0, steps=1000, batch_size=128, learning_rate=2e-3, weight_decay=1e-4)
+
+
+class DigitsClassifier(nn.Module):
+    """MLP for 8×8×1 digits in [-1, 1]; `features=True` returns the penultimate layer.
+
+    An MLP rather than a CNN: on 8×8 inputs it is as accurate (~98% test) and
+    trains in about a second on a CPU, where a small CNN's backward pass takes
+    tens of seconds.
+    """
+
+    hidden: int = 512
+    num_features: int = DIGITS_FEATURES
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, features: bool = False):
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.hidden)(x))
+        x = nn.relu(nn.Dense(self.num_features, name="penultimate")(x))
+        if features:
+            return x
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+
+def digits_preprocess(images: Array) -> Array:
+    """Images -> (N, 8, 8, 1) float32 in [-1, 1], the classifier's input.
+
+    Accepts (N, H, W) or (N, H, W, 1), float in [-1, 1] or uint8. H = W must
+    be a multiple of 8: larger images (e.g. digits generated at 16×16) are
+    average-pooled down to 8×8, which is how a 2× nearest upsampling of the
+    data would be inverted exactly.
+    """
+    images = jnp.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] != 1:
+        raise ValueError(f"digits images must be (N, H, W) or (N, H, W, 1), got {images.shape}")
+    _, h, w, _ = images.shape
+    if h != w or h % 8:
+        raise ValueError(
+            f"digits images must be square with a side that is a multiple of 8, got {h}×{w}"
+        )
+    x = to_signed_unit(images)
+    if h > 8:
+        k = h // 8
+        x = nn.avg_pool(x, (k, k), strides=(k, k))
+    return x
+
+
+def _load_digits(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The whole digits split as (images float32 (n, 8, 8, 1) in [-1, 1], labels int32)."""
+    # Imported here: TFDS is slow to import and only this part of the module needs it.
+    from jaxml.data import data_source
+    from jaxml.data.preprocess import image_generation
+
+    source = data_source("digits", split, data_dir)
+    records = [source[i] for i in range(len(source))]
+    batch = image_generation(
+        {
+            "image": np.stack([r["image"] for r in records]),
+            "label": np.array([r["label"] for r in records]),
+        }
+    )
+    return batch["image"], batch["label"]
+
+
+def train_digits_classifier(
+    data_dir: str | None = None,
+    *,
+    seed: int = 0,
+    steps: int = 1000,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 1e-4,
+) -> tuple[dict, dict]:
+    """Trains `DigitsClassifier` on the digits train split; returns (params, info).
+
+    info has "test_accuracy" and "train_accuracy" (fractions) and the recipe.
+    The whole run is one jitted lax.scan over a seeded index plan.
+    """
+    train_x, train_y = _load_digits("train", data_dir)
+    test_x, test_y = _load_digits("test", data_dir)
+    model = DigitsClassifier()
+    params = model.init(jax.random.key(seed), train_x[:1])["params"]
+    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    # Epoch-wise permutations, so every image is seen equally often.
+    epochs = -(-steps * batch_size // len(train_x))
+    plan = np.concatenate([rng.permutation(len(train_x)) for _ in range(epochs)])
+    plan = plan[: steps * batch_size].reshape(steps, batch_size)
+
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def train(params, x_all, y_all, plan):
+        def step(carry, idx):
+            p, opt_state = carry
+            grads = jax.grad(loss_fn)(p, x_all[idx], y_all[idx])
+            updates, opt_state = tx.update(grads, opt_state, p)
+            return (optax.apply_updates(p, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), plan)
+        return params
+
+    params = train(params, jnp.asarray(train_x), jnp.asarray(train_y), jnp.asarray(plan))
+    params = jax.tree_util.tree_map(np.asarray, params)
+
+    def accuracy(x, y):
+        logits = model.apply({"params": params}, x)
+        return float(np.mean(np.argmax(np.asarray(logits), -1) == y))
+
+    info = dict(
+        version=DIGITS_CLASSIFIER_VERSION,
+        seed=seed,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        train_accuracy=accuracy(train_x, train_y),
+        test_accuracy=accuracy(test_x, test_y),
+    )
+    return params, info
+
+
+def _read_digits_cache(path: Path) -> tuple[dict, dict] | None:
+    """(params, info) from a cache file of the current version with the right shapes, else None."""
+    if not path.exists():
+        return None
+    try:
+        payload = flax.serialization.msgpack_restore(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+        logging.warning("digits classifier cache %s is unreadable (%s); retraining", path, e)
+        return None
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if version != DIGITS_CLASSIFIER_VERSION:
+        logging.info(
+            "digits classifier cache %s has version %r, want %r; retraining",
+            path,
+            version,
+            DIGITS_CLASSIFIER_VERSION,
+        )
+        return None
+    params, info = payload.get("params"), payload.get("info")
+    expected = jax.eval_shape(DigitsClassifier().init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))[
+        "params"
+    ]
+    try:
+        shapes_match = jax.tree_util.tree_all(
+            jax.tree_util.tree_map(
+                lambda e, p: tuple(e.shape) == tuple(np.shape(p)), expected, params
+            )
+        )
+    except (ValueError, TypeError):  # a different tree structure
+        shapes_match = False
+    if not shapes_match or not isinstance(info, dict):
+        logging.warning("digits classifier cache %s does not match the model; retraining", path)
+        return None
+    return params, info
+
+
+def _write_atomically(path: Path, data: bytes):
+    """Readers (other processes) see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def digits_classifier(
+    cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> tuple[dict, dict]:
+    """(params, info) of the FD-digits classifier: read from cache_dir, or trained and cached.
+
+    The cache is `cache_dir/digits_fd_classifier.msgpack` (default cache_dir:
+    `default_cache_dir()`). A cache with another version tag, another shape or
+    unreadable bytes is retrained and overwritten.
+    """
+    path = Path(cache_dir or default_cache_dir()) / DIGITS_CACHE_FILE
+    cached = _read_digits_cache(path)
+    if cached is not None:
+        return cached
+    params, info = train_digits_classifier(data_dir, **_DIGITS_TRAIN)
+    payload = {
+        "version": DIGITS_CLASSIFIER_VERSION,
+        "params": flax.serialization.to_state_dict(params),
+        "info": info,
+    }
+    _write_atomically(path, flax.serialization.msgpack_serialize(payload))
+    logging.info(
+        "trained the FD-digits classifier (test accuracy %.4f), cached at %s",
+        info["test_accuracy"],
+        path,
+    )
+    return params, info
+
+
+@jax.jit
+def _digits_features(params, images):
+    return DigitsClassifier().apply({"params": params}, digits_preprocess(images), features=True)
+
+
+@functools.cache
+def _digits_features_cached(cache_dir: str, data_dir: str | None) -> FeaturesFn:
+    params, _ = digits_classifier(cache_dir, data_dir)
+    # Params are an argument of the jitted function, not constants baked into the program.
+    return functools.partial(_digits_features, jax.device_put(params))
+
+
+def digits_feature_extractor(
+    cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> FeaturesFn:
+    """`features(images) -> (N, 64)` of the FD-digits classifier (trained on first use).
+
+    images: see `digits_preprocess`. The function is jitted and can be used
+    inside other jitted code. It is built once per (cache_dir, data_dir) per process.
+    """
+    return _digits_features_cached(str(cache_dir or default_cache_dir()), data_dir)
+
+
+@functools.cache
+def _digits_split_statistics(
+    cache_dir: str, data_dir: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    features_fn = digits_feature_extractor(cache_dir, data_dir)
+    images, _ = _load_digits(split, data_dir)
+    return feature_statistics(features_fn(images))
+
+
+def digits_statistics(
+    split: str = "train", cache_dir: PathLike | None = None, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the classifier features over a digits split (memoized per process)."""
+    return _digits_split_statistics(str(cache_dir or default_cache_dir()), data_dir, split)
+
+
+def fd_digits(
+    images: Array,
+    *,
+    cache_dir: PathLike | None = None,
+    data_dir: str | None = None,
+    batch_size: int = 1024,
+) -> float:
+    """FD-digits of `images` against the digits train split (lower is better).
+
+    images: (N, 8, 8[, 1]) (or 16×16, …, see `digits_preprocess`), in [-1, 1]
+    or uint8. Use the same N when comparing samplers: FD is biased upward at
+    small N. `digits_reference_numbers` gives the floor and the noise ceiling.
+    """
+    features_fn = digits_feature_extractor(cache_dir, data_dir)
+    mu, sigma = feature_statistics(features_in_batches(features_fn, images, batch_size))
+    mu_ref, sigma_ref = digits_statistics("train", cache_dir, data_dir)
+    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+def digits_reference_floor(cache_dir: PathLike | None = None, data_dir: str | None = None) -> float:
+    """FD-digits of the test split (360 real images) vs the train split: the best to hope for."""
+    mu, sigma = digits_statistics("test", cache_dir, data_dir)
+    mu_ref, sigma_ref = digits_statistics("train", cache_dir, data_dir)
+    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+
+
+def digits_reference_numbers(
+    cache_dir: PathLike | None = None,
+    data_dir: str | None = None,
+    *,
+    num_noise: int = 360,
+    seed: int = 0,
+) -> dict:
+    """The scale of FD-digits: classifier accuracy, the real-data floor and pure-noise ceilings.
+
+    Returns {"test_accuracy", "fd_test_vs_train" (the floor, 360 images),
+    "fd_uniform_noise", "fd_gaussian_noise"} where the noise images are
+    num_noise (default: as many as the test split) draws of U(-1, 1) and of
+    N(0, 1) clipped to [-1, 1].
+    """
+    _, info = digits_classifier(cache_dir, data_dir)
+    rng = np.random.default_rng(seed)
+    shape = (num_noise, 8, 8, 1)
+    uniform = rng.uniform(-1.0, 1.0, shape).astype(np.float32)
+    gaussian = np.clip(rng.standard_normal(shape), -1.0, 1.0).astype(np.float32)
+    return {
+        "test_accuracy": info["test_accuracy"],
+        "fd_test_vs_train": digits_reference_floor(cache_dir, data_dir),
+        "fd_uniform_noise": fd_digits(uniform, cache_dir=cache_dir, data_dir=data_dir),
+        "fd_gaussian_noise": fd_digits(gaussian, cache_dir=cache_dir, data_dir=data_dir),
+    }
