@@ -3,7 +3,7 @@
 The architecture of pytorch-fid's `FIDInceptionA/C/E_1/E_2` blocks on
 torchvision's Inception3, with torchvision's submodule names so that a
 pytorch-fid / EDM state dict maps onto the parameters one to one (see
-`jaxml.diffusion.metrics.fid` for the weights file and the FID protocol).
+`jaxml.diffusion.metrics.inception_fid` for the weights file and the FID protocol).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
   standard error), k-NN precision/recall, memorisation rate.
 * `digits`: FD-digits and the full digits evaluation (`evaluate_digits`), in
   the feature space of a small classifier trained on the embedded digits.
-* `fid`: FID with Inception-v3 (`jaxml.models.inception`) and the weights of
+* `inception_fid`: FID with Inception-v3 (`jaxml.models.inception`) and the weights of
   the TF FID graph, the way EDM / pytorch-fid compute it.
 
 FD is biased upward at small sample sizes (the covariance estimate is noisy),
@@ -15,8 +15,12 @@ everywhere are NHWC, either float in [-1, 1] (the EDM convention of
 
 from pathlib import Path  # noqa: F401 - kept for callers that used metrics.Path
 
-from jaxml.diffusion.metrics import digits, features, frechet  # noqa: F401
-from jaxml.diffusion.metrics import fid as fid_module  # noqa: F401
+from jaxml.diffusion.metrics import (  # noqa: F401
+    digits,
+    features,
+    frechet,
+    inception_fid,  # noqa: F401
+)
 from jaxml.diffusion.metrics.digits import *  # noqa: F401,F403
 from jaxml.diffusion.metrics.digits import _load_digits  # noqa: F401
 from jaxml.diffusion.metrics.features import (  # noqa: F401
@@ -25,8 +29,8 @@ from jaxml.diffusion.metrics.features import (  # noqa: F401
     quantize_uint8,
     to_signed_unit,
 )
-from jaxml.diffusion.metrics.fid import *  # noqa: F401,F403
 from jaxml.diffusion.metrics.frechet import *  # noqa: F401,F403
+from jaxml.diffusion.metrics.inception_fid import *  # noqa: F401,F403
 from jaxml.models.inception import (  # noqa: F401
     INCEPTION_FEATURES,
     INCEPTION_SIZE,
