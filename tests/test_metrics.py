@@ -375,3 +375,47 @@ def test_fid_and_reference_stats_plumbing(tmp_path):
     np.savez(tmp_path / "bad.npz", mean=mu)
     with pytest.raises(ValueError, match="'mu' and 'sigma'"):
         metrics.load_reference_stats(tmp_path / "bad.npz")
+
+
+def test_fd_floor_curve_predicts_fd_of_fresh_samples():
+    # Gaussian features against their true statistics: E FD(n) -> 0 like b/n. The curve is
+    # fitted on a finite held-out pool of 1,200; compare with fresh draws at other n.
+    rng = np.random.default_rng(0)
+    dim, pool = 6, 1200
+    truth = (np.zeros(dim), np.eye(dim))
+    c, b = metrics.fd_floor_curve(rng.standard_normal((pool, dim)), truth, draws=16)
+    assert b > 0 and abs(c) < b / pool  # the pool's own deviation bounds the intercept
+    for n in (600, 4000):
+        direct = np.mean(
+            [
+                metrics.frechet_distance(
+                    *metrics.feature_statistics(rng.standard_normal((n, dim))), *truth
+                )
+                for _ in range(100)
+            ]
+        )
+        assert abs(c + b / n - direct) < 0.5 * b / pool, (n, c + b / n, direct)
+
+
+def test_evaluate_digits_on_real_copies_and_noise(digits_dirs):
+    cache_dir, data_dir = digits_dirs
+    train_images, _ = metrics._load_digits("train", data_dir)
+    test_images, _ = metrics._load_digits("test", data_dir)
+    kwargs = dict(cache_dir=cache_dir, data_dir=data_dir)
+    real = metrics.evaluate_digits(test_images, **kwargs)
+    assert real["num_samples"] == 360
+    assert real["fd_test"] == pytest.approx(0.0, abs=1e-9)  # the test split's own statistics
+    # Unseen real images score their own floor at the same N.
+    assert real["fd_train"] == pytest.approx(real["fd_train_floor"], rel=0.1)
+    assert abs(real["kid_train"]) < 4 * real["kid_train_se"] + 1e-3
+    assert real["precision"] > 0.8 and real["recall"] > 0.5
+    assert real["memorization_rate"] < 0.15 and real["memorization_base_rate"] == 0.05
+
+    copies = metrics.evaluate_digits(train_images[:512], **kwargs)
+    assert copies["memorization_rate"] == 1.0 and copies["precision"] == 1.0
+
+    noise = np.random.default_rng(12).uniform(-1, 1, (512, 8, 8, 1)).astype(np.float32)
+    bad = metrics.evaluate_digits(noise, **kwargs)
+    assert bad["fd_train"] > 20 * bad["fd_train_floor"]
+    assert bad["kid_train"] > 10 * bad["kid_train_se"]
+    assert bad["precision"] < 0.05 and bad["memorization_rate"] == 0.0

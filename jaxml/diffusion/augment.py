@@ -75,7 +75,7 @@ DEFAULTS = dict(
 )
 # EDM train.py, --augment for CIFAR-10 (p = 0.12 in its config F).
 CIFAR10_PIPELINE = dict(
-    p=0.12, xflip=1e8, yflip=1, scale=1, rotate_frac=1, aniso=1, translate_frac=1
+    p=0.12, xflip=1e8, yflip=1.0, scale=1.0, rotate_frac=1.0, aniso=1.0, translate_frac=1.0
 )
 
 
