@@ -120,37 +120,51 @@ def kid(
     *,
     subset_size: int = 1000,
     min_subsets: int = 4,
+    max_reference: int = 10_000,
     seed: int = 0,
 ) -> dict:
     """Kernel Inception Distance of `features` (samples) against `reference`, with its s.e.
 
     The samples are shuffled and cut into B disjoint subsets of m =
-    min(subset_size, N // min_subsets, N_ref) rows; each is compared with m
-    reference rows drawn without replacement (fresh for each subset) by
-    `mmd2_unbiased`. KID is the mean of the B estimates and `kid_se` their
-    standard deviation / √B. Given the reference set the B estimates are
-    independent and unbiased, so KID's expectation does not depend on N (unlike
-    FD's) and kid_se is the standard error of the reported mean due to sampling.
+    min(subset_size, N // min_subsets) rows; each subset's unbiased MMD² is
+    taken against the whole reference set (at most `max_reference` rows, a
+    fixed random subset beyond that): mean_{i≠j} k(x_i, x_j) + mean_{i≠j}
+    k(y_i, y_j) - 2 mean k(x_i, y_j). KID is the mean of the B estimates and
+    `kid_se` their standard deviation / √B. Given the reference set the B
+    estimates are independent and unbiased, so KID's expectation does not
+    depend on N (unlike FD's) and kid_se is the standard error of the
+    reported number due to the samples.
 
     Returns {"kid", "kid_se", "kid_subsets" (B), "kid_subset_size" (m)}.
     """
     features = _check_features(features, "features", 2 * min_subsets)
     reference = _check_features(reference, "reference", 2)
-    size = min(subset_size, len(features) // min_subsets, len(reference))
-    if size < 2:
-        raise ValueError(f"KID needs subsets of at least 2 rows, got {size}")
-    num_subsets = len(features) // size
+    if features.shape[1] != reference.shape[1]:
+        raise ValueError(
+            f"features and reference need the same size, got {features.shape} and {reference.shape}"
+        )
     rng = np.random.default_rng(seed)
+    if len(reference) > max_reference:
+        reference = reference[rng.choice(len(reference), max_reference, replace=False)]
+    size = min(subset_size, len(features) // min_subsets)
+    num_subsets = len(features) // size
     order = rng.permutation(len(features))
-    values = np.array(
-        [
-            mmd2_unbiased(
-                features[order[b * size : (b + 1) * size]],
-                reference[rng.choice(len(reference), size, replace=False)],
-            )
-            for b in range(num_subsets)
-        ]
-    )
+    n_ref = len(reference)
+    kyy = 0.0
+    for start in range(0, n_ref, 2048):  # row blocks: a 50k reference never sits in memory
+        block = _polynomial_kernel(reference[start : start + 2048], reference)
+        kyy += block.sum() - np.trace(block[:, start : start + 2048])
+    kyy /= n_ref * (n_ref - 1)
+    values = []
+    for b in range(num_subsets):
+        x = features[order[b * size : (b + 1) * size]]
+        kxx = _polynomial_kernel(x, x)
+        values.append(
+            (kxx.sum() - np.trace(kxx)) / (size * (size - 1))
+            + kyy
+            - 2.0 * _polynomial_kernel(x, reference).mean()
+        )
+    values = np.asarray(values)
     return {
         "kid": float(values.mean()),
         "kid_se": float(values.std(ddof=1) / np.sqrt(num_subsets)),
