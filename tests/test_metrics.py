@@ -397,6 +397,7 @@ def test_fd_floor_curve_predicts_fd_of_fresh_samples():
         assert abs(c + b / n - direct) < 0.5 * b / pool, (n, c + b / n, direct)
 
 
+@pytest.mark.slow  # ~1 min on an idle 2-core CPU (512-d FDs for the floor curves, KID, k-NN)
 def test_evaluate_digits_on_real_copies_and_noise(digits_dirs):
     cache_dir, data_dir = digits_dirs
     train_images, _ = metrics._load_digits("train", data_dir)
