@@ -293,7 +293,7 @@ def _digits_features_cached(cache_dir: str, data_dir: str | None) -> FeaturesFn:
 def digits_feature_extractor(
     cache_dir: PathLike | None = None, data_dir: str | None = None
 ) -> FeaturesFn:
-    """`features(images) -> (N, 64)` of the FD-digits classifier (trained on first use).
+    """`features(images) -> (N, 512)` of the FD-digits classifier (trained on first use).
 
     images: see `digits_preprocess`. The function is jitted and can be used
     inside other jitted code. It is built once per (cache_dir, data_dir) per process.
