@@ -195,6 +195,10 @@ class UNet(nn.Module):
       num_classes: 0 for an unconditional model, else the number of classes.
       label_dropout: probability (train=True only) of replacing a label by the
         null class, for classifier-free guidance.
+      augment_dim: size of the augmentation labels of `jaxml.diffusion.augment`
+        (EDM's non-leaky augmentation: 9 for the CIFAR-10 pipeline); 0 = none.
+        They enter the embedding through a bias-free Dense ("map_augment"), so
+        absent labels (sampling) are the same as zero labels (no augmentation).
       embedding_type: "positional" (DDPM++) or "fourier" (NCSN++).
       channel_mult_noise: noise embedding width = model_channels * this.
       channel_mult_emb: embedding (mapping MLP) width = model_channels * this.
@@ -216,6 +220,7 @@ class UNet(nn.Module):
     dropout: float = 0.10
     num_classes: int = 0
     label_dropout: float = 0.0
+    augment_dim: int = 0
     embedding_type: str = "positional"
     channel_mult_noise: int = 1
     channel_mult_emb: int = 4
@@ -253,6 +258,8 @@ class UNet(nn.Module):
             raise ValueError(f"label_dropout must be in [0, 1], got {self.label_dropout}.")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}.")
+        if self.augment_dim < 0:
+            raise ValueError(f"augment_dim must be >= 0, got {self.augment_dim}.")
         if self.label_dropout > 0 and self.num_classes == 0:
             raise ValueError("label_dropout needs a class-conditional model (num_classes > 0).")
         if self.attn_impl not in attention_impls():
@@ -290,7 +297,14 @@ class UNet(nn.Module):
                     f"{labels.dtype} {labels.shape}."
                 )
 
-    def _embed(self, c_noise: Array, labels: Array | None, batch: int, train: bool) -> Array:
+    def _embed(
+        self,
+        c_noise: Array,
+        labels: Array | None,
+        batch: int,
+        train: bool,
+        augment_labels: Array | None = None,
+    ) -> Array:
         noise_channels = self.model_channels * self.channel_mult_noise
         emb_channels = self.model_channels * self.channel_mult_emb
         if self.embedding_type == "positional":
@@ -305,6 +319,24 @@ class UNet(nn.Module):
                 noise_channels, kernel_init=_init, dtype=self.dtype, name="map_label"
             )(onehot)
 
+        if self.augment_dim:
+            if augment_labels is None:
+                augment_labels = jnp.zeros((batch, self.augment_dim), jnp.float32)
+            if augment_labels.shape != (batch, self.augment_dim):
+                raise ValueError(
+                    f"augment_labels must be (batch, augment_dim) = {(batch, self.augment_dim)}, "
+                    f"got {augment_labels.shape}."
+                )
+            emb = emb + nn.Dense(
+                noise_channels,
+                use_bias=False,
+                kernel_init=_init,
+                dtype=self.dtype,
+                name="map_augment",
+            )(augment_labels.astype(jnp.float32))
+        elif augment_labels is not None:
+            raise ValueError("augment_labels were given to a UNet with augment_dim=0.")
+
         emb = nn.silu(
             nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer0")(emb)
         )
@@ -315,7 +347,13 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, c_noise: Array, labels: Array | None = None, *, train: bool = False
+        self,
+        x: Array,
+        c_noise: Array,
+        labels: Array | None = None,
+        *,
+        train: bool = False,
+        augment_labels: Array | None = None,
     ) -> Array:
         c_noise = jnp.asarray(c_noise)
         if c_noise.ndim == 0:  # one noise level for the whole batch
@@ -325,7 +363,7 @@ class UNet(nn.Module):
         in_dtype = x.dtype
         out_channels = self.out_channels or x.shape[-1]
         resolution = x.shape[1]
-        emb = self._embed(c_noise, labels, x.shape[0], train)
+        emb = self._embed(c_noise, labels, x.shape[0], train, augment_labels)
 
         block = lambda c, name, **kw: UNetBlock(
             out_channels=c,

@@ -5,12 +5,18 @@ Needs CIFAR-10 prepared once (nothing is downloaded at training time):
   python -m train.diffusion --config=train/configs/diffusion_cifar10.py --workdir=runs/cifar10
   python -m train.diffusion --config=train/configs/diffusion_cifar10.py:edm    # D = inf
 
-FID needs Inception weights and reference statistics you provide (see
-jaxml.diffusion.metrics.load_inception_params); set --config.eval.inception_weights and
---config.eval.fid_reference_stats to report it at each eval. On a GPU/TPU add
+FID needs Inception weights and reference statistics you provide, made once with
+  python -m jaxml.diffusion.fid convert --src=pt_inception-2015-12-05-6726825d.pth --out=incep.npz
+  python -m jaxml.diffusion.fid stats --dataset=cifar10 --split=train --weights=incep.npz \
+      --out=cifar10_train_stats.npz
+then set --config.eval.inception_weights and --config.eval.fid_reference_stats to report it
+at each eval. On a GPU/TPU add
 --config.model.dtype=bfloat16 (bf16 compute, fp32 params).
 """
 
+import ml_collections
+
+from jaxml.diffusion import augment
 from jaxml.models.unet import unet_config
 from train.configs import diffusion_digits
 
@@ -30,6 +36,11 @@ def get_config(variant: str = "pfgmpp"):
     config.model.preset = "cifar10_ddpmpp"
 
     config.diffusion.D = 2048 if variant == "pfgmpp" else None
+
+    # EDM's non-leaky augmentation (config F): the geometric pipeline with p = 0.12; the
+    # network gets the 9 augmentation labels (zero when sampling). --config.augment.p=0: off.
+    config.augment = ml_collections.ConfigDict({**augment.DEFAULTS, **augment.CIFAR10_PIPELINE})
+    config.model.augment_dim = augment.augment_dim(**augment.CIFAR10_PIPELINE)
 
     # EDM: Adam lr 1e-3, 10 Mimg warm-up, EMA half-life 500 kimg (ramp-up 0.05), 200 Mimg total.
     config.optimizer.lr = 1e-3
