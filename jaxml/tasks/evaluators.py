@@ -15,7 +15,11 @@ from jaxml.training.cli import ConfigError
 Evaluate = Callable[[Any], dict]
 
 # name -> "module:factory". Add a line here for a new evaluator.
-EVALUATORS: dict[str, str] = {}
+EVALUATORS: dict[str, str] = {
+    "samples_grid": "jaxml.diffusion.evaluators:make_samples_grid",
+    "fd_digits": "jaxml.diffusion.evaluators:make_fd_digits",
+    "fid": "jaxml.diffusion.evaluators:make_fid",
+}
 
 
 def check_names(names: Sequence[str]) -> None:
