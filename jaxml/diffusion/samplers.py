@@ -127,15 +127,13 @@ def classifier_free_guidance(
     denoise_with_labels(x, σ, labels) is a class-conditional denoiser; D_c uses `labels`,
     D_u the null class `null_label` (trained by label dropout). w = guidance (a Python
     float): 1 is the plain conditional denoiser (one call), 0 the unconditional one, w > 1
-    sharpens classes. Otherwise both run as one call on the doubled batch.
+    sharpens classes. Unless w = 1, both run as one call on the doubled batch.
     """
     guidance = float(guidance)
     labels = jnp.asarray(labels)
     null = jnp.full_like(labels, null_label)
     if guidance == 1.0:
         return lambda x, sigma: denoise_with_labels(x, sigma, labels)
-    if guidance == 0.0:
-        return lambda x, sigma: denoise_with_labels(x, sigma, null)
 
     def guided(x, sigma):
         both = denoise_with_labels(

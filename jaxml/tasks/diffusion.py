@@ -36,6 +36,12 @@ def _validate_model(config) -> None:
         name in recipe.NETWORKS, "model.name", f"must be one of {sorted(recipe.NETWORKS)}", name
     )
     cls = recipe.NETWORKS[name]
+    dtype = m.get("dtype")
+    if dtype is not None:
+        try:
+            jax.numpy.dtype(dtype)
+        except TypeError:
+            raise ConfigError(f"config.model.dtype {dtype!r} is not a dtype") from None
     known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
     unknown = sorted(set(recipe.network_fields(m)) - known - {"dtype"})
     if unknown:
@@ -44,12 +50,6 @@ def _validate_model(config) -> None:
     _require(0 <= m.label_dropout <= 1, "model.label_dropout", "must be in [0, 1]", m.label_dropout)
     if m.label_dropout > 0 and m.num_classes == 0:
         raise ConfigError("config.model.label_dropout > 0 needs config.model.num_classes > 0")
-    dtype = m.get("dtype")
-    if dtype is not None:
-        try:
-            jax.numpy.dtype(dtype)
-        except TypeError:
-            raise ConfigError(f"config.model.dtype {dtype!r} is not a dtype") from None
     try:  # the network's own checks (channels, attention, ...), traced only: no compute
         network = recipe.build_network(m)
         jax.eval_shape(lambda: recipe.init_variables(network, config, jax.random.PRNGKey(0)))
