@@ -70,7 +70,9 @@ def test_chunked_equals_unchunked_for_any_count(mesh, sampler, tmp_path):
     assert chunked.shape == whole.shape == (20, 8, 8, 1)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
     # The first 12 of 20 are the 12 images of a 12-image run: image i depends on i only.
-    np.testing.assert_allclose(_sample(sample_fn, params, config, mesh, 12, 8), whole[:12], atol=1e-5)
+    np.testing.assert_allclose(
+        _sample(sample_fn, params, config, mesh, 12, 8), whole[:12], atol=1e-5
+    )
     assert np.std(whole, axis=0).mean() > 0.05  # distinct images, not one repeated
     shards = recipe.read_shards(tmp_path)
     np.testing.assert_array_equal(shards["indices"], np.arange(20))
