@@ -197,10 +197,15 @@ class SampleFn:
         return self.fn(params, key, indices, labels)
 
 
-def make_sample_fn(network: nn.Module, config, *, sampler: str | None = None) -> SampleFn:
+def make_sample_fn(
+    network: nn.Module, config, *, sampler: str | None = None, per_sample: bool | None = None
+) -> SampleFn:
     """Latents from the prior, then the config's sampler (or `sampler`, by name, with the
     config's settings for it). A conditional model is guided with w = config.sampler.guidance:
-    D = D_uncond + w·(D_cond − D_uncond) (w = 1: plain conditional)."""
+    D = D_uncond + w·(D_cond − D_uncond) (w = 1: plain conditional).
+
+    per_sample: noise keyed per image (default; see SampleFn) or per batch (False; always
+    so with particle guidance)."""
     if sampler is not None and sampler != config.sampler.name:
         config = config.copy_and_resolve_references()
         with config.unlocked():
@@ -210,7 +215,7 @@ def make_sample_fn(network: nn.Module, config, *, sampler: str | None = None) ->
     precond = get_preconditioner(config.diffusion.precond)
     labels_used = conditional(config)
     guidance = float(config.sampler.get("guidance", 1.0))
-    per_sample = not config.sampler.particle_guidance
+    per_sample = (per_sample is not False) and not config.sampler.particle_guidance
 
     def denoiser(params, labels):
         def denoise_with_labels(x, sigma, lab):
