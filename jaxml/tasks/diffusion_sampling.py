@@ -167,6 +167,7 @@ def run(
         "nfe": sample_fn.nfe,
         "num_samples": num_samples,
         "guidance": config.sampler.get("guidance", 1.0),
+        "label": label,  # None: labels cycle through the classes
         "seconds": time.perf_counter() - start_time,
     }
     if config.data.name == "digits":
