@@ -12,7 +12,23 @@ import s5_runs
 
 from jaxml.diffusion import metrics, recipe
 
+# A tiny U-Net run (tests/test_multihost_train.py trains it as 1, 2 and 4 processes).
 TINY = [
+    "--config.total_steps=6",
+    "--config.log_every=3",
+    "--config.eval_every=6",
+    "--config.checkpoint_every=3",
+    "--config.data.batch_size=16",
+    "--config.eval.num_samples=16",
+    "--config.model.model_channels=8",
+    "--config.model.num_blocks=1",
+    "--config.model.attn_resolutions=()",
+    "--config.optimizer.warmup_steps=2",
+    "--config.sampler.num_steps=4",
+    "--config.sampler.restart_intervals=((2, 1, 0.06, 0.3),)",
+]
+# The MLP variant, trained long enough (seconds) to make digit-like samples.
+MLP_RUN = [
     "--config=train/configs/diffusion_digits.py:mlp",
     "--config.total_steps=300",
     "--config.log_every=100",
@@ -44,7 +60,7 @@ def _run(module, *args, devices=1):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diffusion")
     workdir, data_dir = tmp / "run", tmp / "tfds"
-    _run("train.diffusion", f"--workdir={workdir}", *TINY, f"--config.data.data_dir={data_dir}")
+    _run("train.diffusion", f"--workdir={workdir}", *MLP_RUN, f"--config.data.data_dir={data_dir}")
     return workdir, data_dir
 
 
