@@ -84,7 +84,8 @@ def test_training_writes_samples_metrics_and_checkpoints(trained):
     assert (workdir / "samples" / "step_0000300.png").exists()
     assert s5_runs.saved_steps(workdir)[-1] == 300
     # Bounded by independent references at the same N = 64: real test digits below, clipped
-    # Gaussian noise above (FD-digits ~600 at this N).
+    # Gaussian noise above (FD-digits of noise / real / this run at N = 64: 582 / 24 / 43 with
+    # the 64-d v1 features; 306 / 26 / not measured with the 512-d v2 features on main).
     rng = np.random.default_rng(0)
     noise = np.clip(rng.standard_normal((64, 8, 8, 1)), -1, 1).astype(np.float32)
     from jaxml.data import data_source
@@ -92,7 +93,7 @@ def test_training_writes_samples_metrics_and_checkpoints(trained):
     test = data_source("digits", "test", data_dir)
     real = np.stack([test[i]["image"] for i in range(64)])  # uint8
     fd_noise, fd_real = _unclamped_fd(noise, data_dir), _unclamped_fd(real, data_dir)
-    assert fd_real < final["fd_digits"] < 0.25 * fd_noise, (fd_real, final["fd_digits"], fd_noise)
+    assert fd_real < final["fd_digits"] < 0.35 * fd_noise, (fd_real, final["fd_digits"], fd_noise)
     # The reported metric (clamped at 0) agrees with the unclamped one where both apply.
     np.testing.assert_allclose(metrics.fd_digits(noise, data_dir=data_dir), fd_noise, rtol=1e-3)
 
