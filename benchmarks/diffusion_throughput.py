@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxml import parallel, training
@@ -31,16 +30,7 @@ def measure(get_config, batch_size: int, steps: int) -> dict:
     config = get_config()
     config.data.batch_size = batch_size
     mesh = parallel.make_mesh({"data": 1}, jax.devices()[:1])
-    network = recipe.build_network(config.model)
-    tx = recipe.make_optimizer(config)
-    example = jnp.zeros((2, *recipe.image_shape(config)), jnp.float32)
-    state, shardings = training.create_train_state(
-        lambda rng: network.init(rng, example, jnp.zeros((2,))),
-        tx,
-        jax.random.PRNGKey(0),
-        mesh,
-        use_ema=True,
-    )
+    network, tx, state, shardings = recipe.create_state(config, mesh)
     step = training.make_train_step(
         recipe.make_train_loss(network, config),
         tx,

@@ -108,3 +108,34 @@ class MLPDenoiser(nn.Module):
         h = nn.silu(nn.LayerNorm(name="out_norm")(h))
         out = nn.Dense(self.out_features or x.shape[-1], kernel_init=_init_zero, name="out")(h)
         return out.astype(x.dtype)
+
+
+class ImageMLPDenoiser(nn.Module):
+    """MLPDenoiser on images (`config.model.name="mlp"`): (B, H, W, C) flattened to (B, H·W·C)
+    and back. A tiny, fast alternative to the U-Net for 8×8 digits and for tests."""
+
+    hidden: int = 128
+    depth: int = 3
+    noise_channels: int = 64
+    embedding_type: str = "positional"
+    fourier_scale: float = 16.0
+    dropout: float = 0.0
+    num_classes: int = 0
+    label_dropout: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self, x: Array, c_noise: Array, labels: Array | None = None, *, train: bool = False
+    ) -> Array:
+        mlp = MLPDenoiser(
+            hidden=self.hidden,
+            depth=self.depth,
+            noise_channels=self.noise_channels,
+            embedding_type=self.embedding_type,
+            fourier_scale=self.fourier_scale,
+            dropout=self.dropout,
+            num_classes=self.num_classes,
+            label_dropout=self.label_dropout,
+            name="mlp",
+        )
+        return mlp(x.reshape(x.shape[0], -1), c_noise, labels, train=train).reshape(x.shape)

@@ -16,6 +16,9 @@ Evaluate = Callable[[Any], dict]
 
 # name -> "module:factory". Add a line here for a new evaluator.
 EVALUATORS: dict[str, str] = {
+    "samples_grid": "jaxml.diffusion.evaluators:make_samples_grid",
+    "fd_digits": "jaxml.diffusion.evaluators:make_fd_digits",
+    "fid": "jaxml.diffusion.evaluators:make_fid",
     "video_prediction": "jaxml.tasks.video:make_prediction_evaluator",
     "video_strips": "jaxml.tasks.video:make_strip_evaluator",
 }

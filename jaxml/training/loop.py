@@ -1,7 +1,7 @@
 """The train loop: linear, readable, resumable.
 
 restore (if the workdir has a checkpoint) -> for each step: global batch,
-train_step, log, eval, checkpoint -> final save. SIGTERM / SIGINT finish the
+train_step, log, checkpoint, eval -> final save. SIGTERM / SIGINT finish the
 current step, save, and return; the relaunch resumes to the same numbers.
 
 Multi-process jobs stop together: JAX's preemption sync manager catches SIGTERM
@@ -225,6 +225,12 @@ def run(
                             _format_seconds(eta),
                         )
 
+                if ema_snapshots is not None:
+                    ema_snapshots.maybe_save(done, state, last=done == total_steps)
+                if save(done, force=done == total_steps):
+                    last_saved = done
+
+                # After the save: an eval that fails or is killed does not cost the step.
                 if (
                     eval_fn is not None
                     and config.eval_every
@@ -236,10 +242,6 @@ def run(
                         line = ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items())
                         (bar.write if interactive else log.info)(f"eval at step {done}: {line}")
 
-                if ema_snapshots is not None:
-                    ema_snapshots.maybe_save(done, state, last=done == total_steps)
-                if save(done):
-                    last_saved = done
                 if stop.agreed(done):
                     if last_saved != done:
                         save(done, force=True)

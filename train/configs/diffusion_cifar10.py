@@ -53,6 +53,8 @@ def get_config(variant: str = "pfgmpp"):
     config.checkpoint_every = 5_000
     config.checkpoint_keep_period = 50_000
     config.eval.num_samples = 10_000
+    config.eval.batch_size = 256
+    config.evals = ("samples_grid", "fid")  # FID only when eval.fid_reference_stats is set
     config.eval.grid_scale = 2
     config.fsdp_min_size = 2**16
     return config

@@ -4,8 +4,12 @@
   python -m train.diffusion --config=train/configs/diffusion_digits.py:edm       # D = inf
   python -m train.diffusion --config=train/configs/diffusion_digits.py:pfgmpp16  # 16x16 digits
   python -m train.diffusion --config=train/configs/diffusion_digits.py:edm16
+  python -m train.diffusion --config=train/configs/diffusion_digits.py:cond   # class-conditional
+  python -m train.diffusion --config=train/configs/diffusion_digits.py:mlp    # MLP, not U-Net
 
-Every eval samples with Restart (EMA params) and writes samples/step_*.png and FD-digits.
+Every eval samples with Restart (EMA params) and runs the evaluators in config.evals:
+samples/step_*.png and FD-digits (for `cond`, also per-class FD and the predicted-class
+histogram; sample with classifier-free guidance w via --config.sampler.guidance=w).
 """
 
 import ml_collections
@@ -17,6 +21,10 @@ VARIANTS = {
     "edm": dict(D=None, image_size=8, unet="digits_small"),
     "pfgmpp16": dict(D=128, image_size=16, unet="digits16_small"),
     "edm16": dict(D=None, image_size=16, unet="digits16_small"),
+    # Class-conditional, trained with 10% label dropout so that guidance has a null class.
+    "cond": dict(D=128, image_size=8, unet="digits_small", num_classes=10, label_dropout=0.1),
+    # A residual MLP on the flattened 8x8 image (jaxml.models.mlp_denoiser).
+    "mlp": dict(D=128, image_size=8, mlp=dict(hidden=256, depth=4, noise_channels=64)),
 }
 
 
@@ -35,16 +43,20 @@ def get_config(variant: str = "pfgmpp"):
     config.data.channels = 1
     config.data.batch_size = 128
 
-    config.model = ml_collections.ConfigDict(unet_config(v["unet"]))
-    config.model.preset = v["unet"]
-    config.model.num_classes = 0  # 10: class-conditional (labels from the data)
-    config.model.label_dropout = 0.0  # classifier-free guidance training
-    # "auto": JAX's Pallas flash attention on TPU / GPU where it compiles (not yet benchmarked;
-    # the TPU kernel is not SPMD-partitioned, so use it with one device per process).
-    config.model.attn_impl = "default"
-    config.model.dtype = ml_collections.FieldReference(
-        None, field_type=str
-    )  # "bfloat16" on GPU/TPU
+    if "mlp" in v:
+        config.model = ml_collections.ConfigDict({"name": "mlp", **v["mlp"]})
+    else:
+        config.model = ml_collections.ConfigDict({"name": "unet", **unet_config(v["unet"])})
+        config.model.preset = v["unet"]
+        # "auto": JAX's Pallas flash attention on TPU / GPU where it compiles (not yet
+        # benchmarked; the TPU kernel is not SPMD-partitioned: one device per process).
+        config.model.attn_impl = "default"
+        config.model.dtype = ml_collections.FieldReference(
+            None, field_type=str
+        )  # "bfloat16" on GPU/TPU
+    config.model.num_classes = v.get("num_classes", 0)  # > 0: conditional (labels from the data)
+    # Probability of training on the null class instead of the label (classifier-free guidance).
+    config.model.label_dropout = v.get("label_dropout", 0.0)
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.precond = "edm"
@@ -65,6 +77,8 @@ def get_config(variant: str = "pfgmpp"):
     config.sampler.restart_intervals = ((3, 2, 0.06, 0.30),)
     config.sampler.restart_gamma = 0.05
     config.sampler.particle_guidance = 0.0
+    # Classifier-free guidance w of a conditional model: D_uncond + w·(D_cond − D_uncond).
+    config.sampler.guidance = 1.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.lr = 2e-3
@@ -85,10 +99,13 @@ def get_config(variant: str = "pfgmpp"):
     config.eval = ml_collections.ConfigDict()
     config.eval.seed = 1234
     config.eval.num_samples = 512
+    config.eval.batch_size = 256  # images per compiled sampling call (a multiple of the devices)
     config.eval.grid_size = 100
     config.eval.grid_scale = 4
     config.eval.inception_weights = ml_collections.FieldReference(None, field_type=str)
     config.eval.fid_reference_stats = ml_collections.FieldReference(None, field_type=str)
+    # Run at every eval, in order (jaxml/tasks/evaluators.py lists them).
+    config.evals = ("samples_grid", "fd_digits")
 
     config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     config.fsdp_min_size = 2**14
