@@ -23,7 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from jaxml.diffusion import pfgmpp, samplers
+from jaxml.diffusion import augment, pfgmpp, samplers
 from jaxml.diffusion.losses import make_denoising_loss
 from jaxml.diffusion.preconditioning import get_preconditioner, precondition
 from jaxml.models.mlp_denoiser import ImageMLPDenoiser
@@ -114,6 +114,14 @@ def load_ema_params(checkpointer, step: int, config, mesh):
     return network, checkpointer.restore_state(step, abstract).ema_params
 
 
+def augment_settings(config) -> dict | None:
+    """The `config.augment` options when augmentation is on (p > 0), else None."""
+    options = config.get("augment")
+    if options is None or not options.get("p", 0):
+        return None
+    return dict(options)
+
+
 def make_train_loss(network: nn.Module, config) -> Callable:
     """loss_fn(params, model_state, batch, rng) -> (loss, (model_state, metrics)) for the spine.
 
@@ -121,9 +129,17 @@ def make_train_loss(network: nn.Module, config) -> Callable:
     with probability config.model.label_dropout (classifier-free guidance training).
     """
     labels_used = conditional(config)
+    augment_options = augment_settings(config)
 
     def loss_fn(params, model_state, batch, rng):
         dropout_rng, noise_rng = jax.random.split(rng)
+        extra = {}
+        if augment_options is not None:  # EDM's non-leaky augmentation: the net sees its labels
+            # A key of its own, so runs without augmentation keep their random streams.
+            images, extra["augment_labels"] = augment.augment(
+                jax.random.fold_in(rng, 7), batch["image"], **augment_options
+            )
+            batch = {**batch, "image": images}
 
         def net_apply(p, x, c_noise, labels):
             return network.apply(
@@ -133,6 +149,7 @@ def make_train_loss(network: nn.Module, config) -> Callable:
                 labels if labels_used else None,
                 train=True,
                 rngs={"dropout": dropout_rng},
+                **extra,
             )
 
         loss = make_denoising_loss(

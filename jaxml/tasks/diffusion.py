@@ -29,6 +29,27 @@ def _require(ok: bool, key: str, message: str, value) -> None:
         raise ConfigError(f"config.{key} {message}, got {value!r}")
 
 
+def _validate_augment(config) -> None:
+    from jaxml.diffusion import augment
+
+    unknown = sorted(set(config.augment) - set(augment.DEFAULTS))
+    _require(
+        not unknown, "augment", f"has unknown keys (known: {sorted(augment.DEFAULTS)})", unknown
+    )
+    for name in augment.LABELS:
+        value = config.augment.get(name, 0)
+        _require(value >= 0, f"augment.{name}", "must be >= 0", value)
+    if config.augment.p > 0:
+        dim = augment.augment_dim(**config.augment)
+        have = config.model.get("augment_dim", 0)
+        _require(
+            have == dim,
+            "model.augment_dim",
+            f"must be {dim}, the label size of config.augment (EDM's augment_dim)",
+            have,
+        )
+
+
 def _validate_model(config) -> None:
     m = config.model
     name = m.get("name", "unet")
@@ -170,6 +191,7 @@ def validate(config) -> None:
     _require(ratio is None or ratio >= 0, "ema.rampup_ratio", "must be >= 0 or None", ratio)
     if "augment" in config and "p" in config.augment:
         _require(0 <= config.augment.p <= 1, "augment.p", "must be in [0, 1]", config.augment.p)
+        _validate_augment(config)
     _validate_model(config)
     _validate_sampler(config)
     _validate_eval(config)
