@@ -232,7 +232,20 @@ def test_backend_resolution_and_errors():
         block_p=None,
         segments=None,
     )
-    assert plan.block_p == 128 and plan.segments == 16  # 8 * 2 * 16 programs of 256 steps
+    assert plan.block_p == 64 and plan.segments == 32  # 8 * 4 * 32 programs of 128 steps
+    # The benchmark shape on a 132-SM H100: >= 2 programs per SM.
+    plan = ls._plan(
+        8,
+        1024,
+        256,
+        jnp.complex64,
+        backend="gpu",
+        reverse=False,
+        chunk_size=8,
+        block_p=None,
+        segments=None,
+    )
+    assert 8 * (256 // plan.block_p) * plan.segments >= 2 * 132
     plan = ls._plan(
         2,
         1000,
