@@ -237,4 +237,3 @@ def pallas_gpu_attention(
     if block_sizes is None:
         block_sizes = gpu_block_sizes(q.shape[1], k.shape[1], q.shape[-1])
     return mha(q, k, v, None, sm_scale=float(scale), block_sizes=block_sizes, interpret=interpret)
-

@@ -262,7 +262,20 @@ def test_backend_resolution_and_errors():
         block_p=100,
         segments=7,
     )
-    assert (plan.block_p, plan.chunk, plan.rows, plan.segments) == (128, 32, 16, 5)
+    assert (plan.block_p, plan.chunk, plan.segments) == (256, 20, 5)  # all of P, padded to 256
+    # TPU defaults: whole (8, 128) float32 tiles per step and 1024-step chunks.
+    plan = ls._plan(
+        2,
+        4096,
+        2048,
+        jnp.complex64,
+        backend="tpu",
+        reverse=False,
+        chunk_size=ls.DEFAULT_CHUNK_SIZE,
+        block_p=None,
+        segments=None,
+    )
+    assert (plan.block_p, plan.chunk, plan.segments) == (1024, 1024, 1)
 
 
 def test_jaxml_does_not_import_pallas():
@@ -400,6 +413,7 @@ def s5_adam_steps(impl, x, y, mesh=None):
         bidirectional=True,
         scan_impl=impl,
     )
+
     @jax.jit
     def step(params, opt_state, x, y):
         def loss(p):
