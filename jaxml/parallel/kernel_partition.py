@@ -33,7 +33,11 @@ def batch_mesh_axes() -> tuple[tuple[str, ...], int]:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return (), 1
-    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    # Axes already manual (inside an enclosing shard_map) are per-device already.
+    manual = set(mesh.manual_axes)
+    axes = tuple(
+        a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1 and a not in manual
+    )
     return axes, math.prod(mesh.shape[a] for a in axes)
 
 
