@@ -31,17 +31,15 @@ Interpret mode (`interpret=True`) runs the kernels on CPU for tests:
 - GPU: `mha(..., interpret=True)` (the generic Pallas HLO interpreter).
 
 Multi-device: a `pallas_call` is a custom call that XLA's SPMD partitioner does
-not split (jax-ml/jax#19748), so under `jit` with a batch-sharded input it is
-not run per shard; use it inside `shard_map` (not done here) before relying on
-it for data-parallel training. Neither kernel has been run on real hardware in
-this repo yet, only in interpret mode.
+not split (jax-ml/jax#19748); `jaxml.models.attention` runs these functions
+inside `shard_map` over the mesh's batch axes. Neither kernel has been run on
+real hardware in this repo yet, only in interpret mode.
 
 Block sizes are simple heuristics (largest power-of-2 tile that divides the
 sequence length, capped), not tuned on hardware; pass `block_sizes=` to override.
 
-`register()` makes them selectable as `impl="pallas_tpu"` / `impl="pallas_gpu"`;
-`jaxml.models.attention` calls it lazily the first time one of those names (or
-`impl="auto"` on a TPU) is used, so `import jaxml` does not import Pallas.
+This module imports only JAX. `jaxml.models.attention` imports it on the first
+call of `impl="pallas_tpu"` / `"pallas_gpu"`, so `import jaxml` does not import Pallas.
 """
 
 from __future__ import annotations
@@ -239,11 +237,3 @@ def pallas_gpu_attention(
     if block_sizes is None:
         block_sizes = gpu_block_sizes(q.shape[1], k.shape[1], q.shape[-1])
     return mha(q, k, v, None, sm_scale=float(scale), block_sizes=block_sizes, interpret=interpret)
-
-
-def register() -> None:
-    """Registers the kernels as `impl="pallas_tpu"` and `impl="pallas_gpu"`."""
-    from jaxml.models.attention import register_attention_impl  # noqa: PLC0415
-
-    register_attention_impl("pallas_tpu", pallas_tpu_attention)
-    register_attention_impl("pallas_gpu", pallas_gpu_attention)

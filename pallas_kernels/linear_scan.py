@@ -15,37 +15,37 @@ are split and joined again in XLA around the kernel. The carry is float32 for
 every input dtype (bfloat16 and float16 included); h is written in the input
 dtype. float64 / complex128 are not supported.
 
-Kernel structure. The grid runs over (batch, time segment, P block[, L chunk]).
+Kernel structure. The grid runs over (batch, time segment, P block[, L chunk]);
+the variants live in `linear_scan_tpu` (Mosaic: VMEM blocks of T steps, the carry
+crossing chunks in a VMEM scratch) and `linear_scan_gpu` (Triton: each program
+streams its whole segment, the carry in registers); `scan_planes` holds the
+arithmetic they share. Selected by `backend=`; "*_interpret" runs the same kernel
+in the Pallas interpreter on CPU (the tests).
 
-- TPU variant (Mosaic): blocks (T, Pb) of b / a / h with Pb a multiple of 128
-  (or all of P), T a multiple of the sublane tile (8 rows, 16 for 16-bit
-  dtypes). The last grid axis walks the L chunks in order ("arbitrary"
-  semantics; the others are "parallel") and the float32 carry crosses chunks
-  in a VMEM scratch buffer that is (re)initialized with `pl.when` at chunk 0.
-  Inside a chunk a `fori_loop` walks tiles of 8 (16) rows; each tile is loaded
-  once and its rows are stepped through in registers. `reverse` reads the
-  chunks from the end through the index_map and walks tiles and rows
-  backwards.
-- GPU variant (Triton: `pl.pallas_call` with `jax.experimental.pallas.triton.CompilerParams`):
-  grid (batch, segment, P block) with P blocks of a power-of-two width and
-  lane masks where P is not a multiple of it; each program streams its whole
-  segment row by row, 8 rows per loop iteration unrolled so that their loads
-  are in flight together. The carry lives in registers.
-
-  Why Triton: in the jax versions this project supports (0.10 / 0.11) the
-  Triton lowering is what runs a `pl.pallas_call` grid kernel like this one on
-  an H100: masked `load`/`store` on pointers, registers for the carry,
-  Ampere and newer. It is selected by passing Triton `CompilerParams`; without
-  them jax 0.10.2 lowers `pl.pallas_call` on GPU to Mosaic GPU and warns that
-  `pl.pallas_call` for Mosaic GPU is deprecated in favour of `plgpu.kernel`.
-  A Mosaic GPU version (Hopper only; warpgroup layouts, explicit SMEM
-  pipelining) is a separate kernel, worth writing once this one has been
-  measured. The Triton backend is deprecated as of jax 0.11.0 ("will be
-  removed in a future version") but still ships in it; the GPU variant must
-  move to Mosaic GPU (or jax-triton) before the jax<0.12 pin is lifted.
-
-  Neither compiled variant has run on hardware yet: the tests run both in
-  interpret mode and check that they lower to Mosaic / Triton IR.
+GPU backend: Triton now, Mosaic GPU next. In jax 0.10 / 0.11 the Triton lowering
+is what runs a `pl.pallas_call` grid kernel with masked pointer loads on Ampere and
+newer; it is chosen by passing `pallas.triton.CompilerParams` (without them jax
+0.10.2 lowers `pl.pallas_call` to Mosaic GPU and warns that this path is
+deprecated in favour of `plgpu.kernel`). Triton is deprecated as of jax 0.11.0 but
+still ships. Plan for the port (before the jax<0.12 pin is lifted), Hopper+ only:
+  1. `plgpu.kernel` with a grid of (batch x P-block x segment) CTAs, one
+     warpgroup each; the segment / XLA-combine / second-pass structure and the
+     custom VJP of this module stay as they are (they are backend-neutral).
+  2. Per CTA, an `emit_pipeline` over time tiles of (T=64..128 steps, Pb=128
+     lanes): TMA copies GMEM->SMEM of b (and a when time-varying) for tile i+1
+     are in flight while tile i is scanned, and the h tile goes SMEM->GMEM by TMA
+     store. This replaces Triton's per-row masked loads (the "loads before
+     compute" order becomes explicit double buffering).
+  3. The scan inside a tile: each thread owns lanes of P and walks the T rows
+     from SMEM with the float32 carry in registers (layout WGMMA-free; a plain
+     `plgpu.Layout.WG_STRIDED` over the lane axis), complex numbers as two
+     planes as today.
+  4. Keep the Triton variant behind backend="gpu_triton" until the Mosaic one has
+     matched it in `benchmarks/scan.py` on an H100 (correctness check included);
+     then make "gpu" mean Mosaic.
+Neither compiled variant has run on hardware yet: the tests run both in interpret
+mode and check that they lower to Mosaic / Triton IR; `benchmarks/accelerator_check.sh`
+runs them compiled on the first machine that has the hardware.
 
 Chunk padding. When the segment length n is not a multiple of the chunk T, the
 last chunk is partial. Its missing steps behave as padding with a = 1, b = 0
@@ -64,7 +64,7 @@ start and the product of its a's (no h is written); a tiny XLA scan over the
 S segments turns these into every segment's entry state; pass 2 recomputes
 the segments from those states and writes h. This reads b twice and writes h
 once. S must divide L; the default is 1 on TPU and, on GPU, enough segments
-for ~1024 programs, each at least 256 steps long.
+for ~1024 programs, each at least 64 steps long.
 
 Gradients (`jax.custom_vjp`). With g_t = dL/dh_t (total, through later steps)
 and the incoming cotangent gbar_t:
@@ -100,16 +100,22 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from pallas_kernels import linear_scan_gpu, linear_scan_tpu
+from pallas_kernels.scan_planes import KernelSpec, to_complex, to_planes
+
 BACKENDS = ("tpu", "gpu", "tpu_interpret", "gpu_interpret")
 
-DEFAULT_CHUNK_SIZE = 256  # TPU: time steps per VMEM block
-DEFAULT_BLOCK_P = {"tpu": 512, "gpu": 128}  # lanes per program
+DEFAULT_CHUNK_SIZE = 1024  # TPU: time steps per VMEM block (amortizes the ~0.35 us per grid step)
+DEFAULT_BLOCK_P = {"tpu": 1024, "gpu": 64}  # lanes per program
 GPU_UNROLL = 8  # GPU: rows loaded per loop iteration
 # Interpret mode runs the same loop with a shorter unroll: XLA's CPU compile time grows
 # with it (8 rows: ~3 s per kernel), and the unroll/tail logic is exercised all the same.
 GPU_UNROLL_INTERPRET = 2
 GPU_TARGET_PROGRAMS = 1024  # GPU: programs the default `segments` aims for
-GPU_MIN_SEGMENT = 256  # GPU: shortest segment the default `segments` makes
+# GPU: shortest segment the default `segments` makes. With 64 lanes per program, the
+# benchmark shape (B 8, P 256, L 1k) gets 8 * 4 * 16 = 512 programs: ~3.9 per SM of a
+# 132-SM H100 (>= 2, so one program's load latency hides behind another's work).
+GPU_MIN_SEGMENT = 64
 
 _SUPPORTED = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64)
 
@@ -219,10 +225,6 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
     return max(d for d in range(1, k + 1) if n % d == 0)
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def _plan(B, L, P, dtype, *, backend, reverse, chunk_size, block_p, segments) -> _Plan:
     backend = resolve_backend(backend)
     variant = backend.split("_")[0]
@@ -233,9 +235,8 @@ def _plan(B, L, P, dtype, *, backend, reverse, chunk_size, block_p, segments) ->
     if block_p < 1:
         raise ValueError(f"block_p must be >= 1, got {block_p}.")
     if variant == "tpu":
-        # Lane blocks are multiples of 128, or all of P (always a legal block).
-        pb = _round_up(block_p, 128)
-        pb = P if P <= pb else pb
+        # Whole (rows, 128) tiles per step; see linear_scan_tpu.block_rows.
+        pb = linear_scan_tpu.block_rows(P, block_p, dtype) * linear_scan_tpu.LANES
         n_pb = -(-P // pb)
     else:
         # Triton tensors have power-of-two sizes; lanes past P are masked.
@@ -253,8 +254,8 @@ def _plan(B, L, P, dtype, *, backend, reverse, chunk_size, block_p, segments) ->
     n = L // segments
     itemsize = jnp.dtype(dtype).itemsize // (2 if jnp.issubdtype(dtype, jnp.complexfloating) else 1)
     if variant == "tpu":
-        rows = 16 if itemsize == 2 else 8  # the sublane tile of 16-bit / 32-bit dtypes
-        chunk = _round_up(min(chunk_size, n), rows)
+        rows = 16 if itemsize == 2 else 8  # the sublane tile (informational)
+        chunk = min(chunk_size, n)  # the time axis is an untiled block dim: any length
     else:
         rows, chunk = (GPU_UNROLL_INTERPRET if interpret else GPU_UNROLL), n
     return _Plan(variant, interpret, bool(reverse), segments, chunk, rows, pb)
@@ -265,231 +266,27 @@ def _next_power_of_2(x: int) -> int:
 
 
 # --------------------------------------------------------------------------
-# Complex arithmetic on planes: a value is a tuple (re,) or (re, im)
+# One kernel call
 # --------------------------------------------------------------------------
-
-
-def _mul(x, y):
-    if len(x) == 1:
-        return (x[0] * y[0],)
-    (xr, xi), (yr, yi) = x, y
-    return (xr * yr - xi * yi, xr * yi + xi * yr)
-
-
-def _add(x, y):
-    return tuple(u + v for u, v in zip(x, y))
-
-
-def _step(h, prod, a_row, b_row, k_row, *, post, conj):
-    """One step on planes: returns (new carry, output row, new product of A)."""
-    if conj and len(a_row) == 2:
-        a_row = (a_row[0], -a_row[1])
-    if k_row is not None:
-        a_row = tuple(x * k_row for x in a_row)
-    if post:  # backward form: out = c + x, c <- A out
-        out = _add(h, b_row)
-        h_new = _mul(a_row, out)
-    else:  # h <- A h + b, out = h
-        h_new = _add(_mul(a_row, h), b_row)
-        out = h_new
-    prod_new = None if prod is None else _mul(a_row, prod)
-    return h_new, out, prod_new
-
-
-def _select(valid, new, old):
-    if old is None:
-        return None
-    return tuple(jnp.where(valid, x, y) for x, y in zip(new, old))
-
-
-# --------------------------------------------------------------------------
-# Kernels
-# --------------------------------------------------------------------------
-
-
-class _Spec(NamedTuple):
-    """Static description of one kernel call (hashable, closed over by the kernel)."""
-
-    n_planes: int
-    n: int  # steps per segment
-    P: int
-    const_a: bool
-    has_h0: bool
-    has_keep: bool
-    want_h: bool
-    want_carry: bool
-    want_prod: bool
-    reverse: bool
-    post: bool
-    conj: bool
-
-
-def _unpack_refs(refs, s: _Spec):
-    it = iter(refs)
-    take = lambda k: tuple(next(it) for _ in range(k))
-    a = take(s.n_planes)
-    b = take(s.n_planes)
-    h0 = take(s.n_planes) if s.has_h0 else None
-    keep = next(it) if s.has_keep else None
-    h_out = take(s.n_planes) if s.want_h else None
-    carry_out = take(s.n_planes) if s.want_carry else None
-    prod_out = take(s.n_planes) if s.want_prod else None
-    rest = tuple(it)
-    return a, b, h0, keep, h_out, carry_out, prod_out, rest
-
-
-def _tpu_kernel(*refs, s: _Spec, T: int, R: int):
-    from jax.experimental import pallas as pl
-
-    a_refs, b_refs, h0_refs, keep_ref, h_refs, carry_refs, prod_refs, scratch = _unpack_refs(
-        refs, s
-    )
-    h_scr = scratch[: s.n_planes]
-    prod_scr = scratch[s.n_planes :] if s.want_prod else None
-    f32 = jnp.float32
-    n_chunks = -(-s.n // T)
-    c = pl.program_id(3)
-    chunk = (n_chunks - 1 - c) if s.reverse else c
-
-    @pl.when(c == 0)
-    def _init():
-        for k in range(s.n_planes):
-            h_scr[k][...] = h0_refs[k][...] if s.has_h0 else jnp.zeros(h_scr[k].shape, f32)
-        if s.want_prod:
-            prod_scr[0][...] = jnp.ones(prod_scr[0].shape, f32)
-            for k in range(1, s.n_planes):
-                prod_scr[k][...] = jnp.zeros(prod_scr[k].shape, f32)
-
-    a_const = tuple(r[...].astype(f32) for r in a_refs) if s.const_a else None
-    n_valid = s.n - chunk * T  # rows of this chunk inside the segment (>= T except the last)
-    masked = s.n % T != 0
-    n_tiles = T // R
-
-    def tile(i, state):
-        h, prod = state
-        g = (n_tiles - 1 - i) if s.reverse else i
-        base = pl.multiple_of(g * R, R)
-        rows = pl.ds(base, R)
-        b_tile = tuple(r[rows, :].astype(f32) for r in b_refs)
-        a_tile = None if s.const_a else tuple(r[rows, :].astype(f32) for r in a_refs)
-        k_tile = keep_ref[rows, :] if s.has_keep else None
-        acc = [jnp.zeros_like(x) for x in b_tile] if s.want_h else None
-        row_id = lax.broadcasted_iota(jnp.int32, b_tile[0].shape, 0)
-        for jj in range(R):
-            j = R - 1 - jj if s.reverse else jj
-            a_row = a_const if s.const_a else tuple(x[j : j + 1, :] for x in a_tile)
-            b_row = tuple(x[j : j + 1, :] for x in b_tile)
-            k_row = None if k_tile is None else k_tile[j : j + 1, :]
-            h_new, out, prod_new = _step(h, prod, a_row, b_row, k_row, post=s.post, conj=s.conj)
-            if masked:  # rows past the segment end act as a = 1, b = 0
-                valid = base + j < n_valid
-                h_new, prod_new = _select(valid, h_new, h), _select(valid, prod_new, prod)
-            h, prod = h_new, prod_new
-            if s.want_h:
-                acc = [jnp.where(row_id == j, o, x) for o, x in zip(out, acc)]
-        if s.want_h:
-            for r, x in zip(h_refs, acc):
-                r[rows, :] = x.astype(r.dtype)
-        return h, prod
-
-    h = tuple(r[...] for r in h_scr)
-    prod = tuple(r[...] for r in prod_scr) if s.want_prod else None
-    h, prod = lax.fori_loop(0, n_tiles, tile, (h, prod))
-    for r, x in zip(h_scr, h):
-        r[...] = x
-    if s.want_prod:
-        for r, x in zip(prod_scr, prod):
-            r[...] = x
-    if s.want_carry:
-        for r, x in zip(carry_refs, h):
-            r[...] = x
-    if s.want_prod:
-        for r, x in zip(prod_refs, prod):
-            r[...] = x
-
-
-def _gpu_kernel(*refs, s: _Spec, Pb: int, R: int):
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as pltriton
-
-    a_refs, b_refs, h0_refs, keep_ref, h_refs, carry_refs, prod_refs, _ = _unpack_refs(refs, s)
-    f32 = jnp.float32
-    mask = None
-    if s.P % Pb:
-        mask = pl.program_id(2) * Pb + lax.broadcasted_iota(jnp.int32, (Pb,), 0) < s.P
-
-    def load(ref, t=None, other=0.0):
-        if mask is None:
-            x = ref[...] if t is None else ref[t, :]
-        else:
-            x = pltriton.load(ref if t is None else ref.at[t, :], mask=mask, other=other)
-        return x.astype(f32)
-
-    def store(ref, x, t=None):
-        x = x.astype(ref.dtype)
-        if mask is None:
-            if t is None:
-                ref[...] = x
-            else:
-                ref[t, :] = x
-        else:
-            pltriton.store(ref if t is None else ref.at[t, :], x, mask=mask)
-
-    a_const = tuple(load(r, other=1.0) for r in a_refs) if s.const_a else None
-
-    def one_step(k, state):
-        h, prod = state
-        t = jnp.asarray(s.n - 1 - k if s.reverse else k, jnp.int32)
-        a_row = a_const if s.const_a else tuple(load(r, t, other=1.0) for r in a_refs)
-        b_row = tuple(load(r, t) for r in b_refs)
-        k_row = keep_ref[t] if s.has_keep else None
-        h, out, prod = _step(h, prod, a_row, b_row, k_row, post=s.post, conj=s.conj)
-        if s.want_h:
-            for r, x in zip(h_refs, out):
-                store(r, x, t)
-        return h, prod
-
-    def tile(i, state):
-        for j in range(R):  # unrolled: the R rows' loads do not depend on the carry
-            state = one_step(i * R + j, state)
-        return state
-
-    zeros = jnp.zeros((Pb,), f32)
-    h = tuple(load(r) for r in h0_refs) if s.has_h0 else (zeros,) * s.n_planes
-    prod = ((zeros + 1.0,) + (zeros,) * (s.n_planes - 1)) if s.want_prod else None
-    n_tiles, tail = divmod(s.n, R)
-    state = lax.fori_loop(0, n_tiles, tile, (h, prod))
-    for j in range(tail):
-        state = one_step(n_tiles * R + j, state)
-    h, prod = state
-    if s.want_carry:
-        for r, x in zip(carry_refs, h):
-            store(r, x)
-    if s.want_prod:
-        for r, x in zip(prod_refs, prod):
-            store(r, x)
 
 
 def _kernel_call(
     plan: _Plan, a, b, h0, keep, *, reverse, post, conj, want_h, want_carry, want_prod
 ):
-    """One pallas_call over all (batch, segment, P block) programs.
+    """One pallas_call over all (batch, segment, P block[, L chunk]) programs.
 
     a: planes (Ba, S or 1, n or 1, P); b: planes (B, S, n, P); h0: float32 planes
     (B, S, 1, P) or None; keep: float32 (B, S, n) or None. Returns the requested
     outputs: h planes (B, S, n, P) in b's dtype, final carries and products of A
     as float32 planes (B, S, 1, P); None for those not requested.
     """
-    from jax.experimental import pallas as pl
-
     B, S, n, P = b[0].shape
-    Ba = a[0].shape[0]
-    const_a = a[0].shape[2] == 1
-    spec = _Spec(
-        n_planes=len(b),
+    k = len(b)
+    spec = KernelSpec(
+        n_planes=k,
         n=n,
         P=P,
-        const_a=const_a,
+        const_a=a[0].shape[2] == 1,
         has_h0=h0 is not None,
         has_keep=keep is not None,
         want_h=want_h,
@@ -499,89 +296,23 @@ def _kernel_call(
         post=post,
         conj=conj,
     )
-    Pb = plan.block_p
-    n_pb = -(-P // Pb)
     f32 = jnp.float32
-    out_dtype = b[0].dtype
-    n_out = {
-        "h": (want_h, (B, S, n, P), out_dtype),
+    outputs = {
+        "h": (want_h, (B, S, n, P), b[0].dtype),
         "carry": (want_carry, (B, S, 1, P), f32),
         "prod": (want_prod, (B, S, 1, P), f32),
     }
     out_shape = [
         jax.ShapeDtypeStruct(shape, dt)
-        for want, shape, dt in n_out.values()
-        for _ in range(len(b) if want else 0)
+        for want, shape, dt in outputs.values()
+        for _ in range(k if want else 0)
     ]
-    a_batch = (lambda i: i) if Ba > 1 else (lambda i: 0)
-    inputs = list(a) + list(b) + (list(h0) if h0 is not None else [])
-
+    kw = dict(Pb=plan.block_p, R=plan.rows, interpret=plan.interpret, out_shape=out_shape)
     if plan.variant == "tpu":
-        from jax.experimental.pallas import tpu as pltpu
-
-        T, R = plan.chunk, plan.rows
-        n_chunks = -(-n // T)
-        chunk = (lambda c: n_chunks - 1 - c) if reverse else (lambda c: c)
-        row_block = pl.BlockSpec((None, None, T, Pb), lambda i, s, p, c: (i, s, chunk(c), p))
-        lane_block = pl.BlockSpec((None, None, 1, Pb), lambda i, s, p, c: (i, s, 0, p))
-        if const_a:
-            a_spec = pl.BlockSpec((None, None, 1, Pb), lambda i, s, p, c: (a_batch(i), 0, 0, p))
-        else:
-            a_spec = pl.BlockSpec(
-                (None, None, T, Pb), lambda i, s, p, c: (a_batch(i), s, chunk(c), p)
-            )
-        in_specs = [a_spec] * len(a) + [row_block] * len(b)
-        in_specs += [lane_block] * (len(h0) if h0 is not None else 0)
-        if keep is not None:
-            in_specs.append(
-                pl.BlockSpec((None, None, T, 1), lambda i, s, p, c: (i, s, chunk(c), 0))
-            )
-            inputs.append(keep[..., None])
-        out_specs = [row_block] * (len(b) if want_h else 0)
-        out_specs += [lane_block] * (len(b) * (int(want_carry) + int(want_prod)))
-        scratch = [pltpu.VMEM((1, Pb), f32)] * (len(b) * (1 + int(want_prod)))
-        call = pl.pallas_call(
-            functools.partial(_tpu_kernel, s=spec, T=T, R=R),
-            out_shape=out_shape,
-            grid=(B, S, n_pb, n_chunks),
-            in_specs=in_specs,
-            out_specs=out_specs,
-            scratch_shapes=scratch,
-            compiler_params=pltpu.CompilerParams(
-                dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
-            ),
-            interpret=plan.interpret,
-            name="linear_scan_tpu",
-        )
+        outs = linear_scan_tpu.call_kernel(spec, a, b, h0, keep, T=plan.chunk, **kw)
     else:
-        from jax.experimental.pallas import triton as pltriton
-
-        seq_block = pl.BlockSpec((None, None, n, Pb), lambda i, s, p: (i, s, 0, p))
-        lane_block = pl.BlockSpec((None, None, None, Pb), lambda i, s, p: (i, s, 0, p))
-        if const_a:
-            a_spec = pl.BlockSpec((None, None, None, Pb), lambda i, s, p: (a_batch(i), 0, 0, p))
-        else:
-            a_spec = pl.BlockSpec((None, None, n, Pb), lambda i, s, p: (a_batch(i), s, 0, p))
-        in_specs = [a_spec] * len(a) + [seq_block] * len(b)
-        in_specs += [lane_block] * (len(h0) if h0 is not None else 0)
-        if keep is not None:
-            in_specs.append(pl.BlockSpec((None, None, n), lambda i, s, p: (i, s, 0)))
-            inputs.append(keep)
-        out_specs = [seq_block] * (len(b) if want_h else 0)
-        out_specs += [lane_block] * (len(b) * (int(want_carry) + int(want_prod)))
-        call = pl.pallas_call(
-            functools.partial(_gpu_kernel, s=spec, Pb=Pb, R=plan.rows),
-            out_shape=out_shape,
-            grid=(B, S, n_pb),
-            in_specs=in_specs,
-            out_specs=out_specs,
-            compiler_params=pltriton.CompilerParams(num_warps=max(1, min(8, Pb // 32))),
-            interpret=plan.interpret,
-            name="linear_scan_gpu",
-        )
-
-    outs = iter(call(*inputs))
-    k = len(b)
+        outs = linear_scan_gpu.call_kernel(spec, a, b, h0, keep, **kw)
+    outs = iter(outs)
     h = tuple(next(outs) for _ in range(k)) if want_h else None
     carry = tuple(next(outs) for _ in range(k)) if want_carry else None
     prod = tuple(next(outs) for _ in range(k)) if want_prod else None
@@ -591,14 +322,6 @@ def _kernel_call(
 # --------------------------------------------------------------------------
 # Segments: pass 1 (segment maps), XLA combine, pass 2 (outputs)
 # --------------------------------------------------------------------------
-
-
-def _to_complex(planes):
-    return planes[0] if len(planes) == 1 else lax.complex(planes[0], planes[1])
-
-
-def _to_planes(x, n_planes):
-    return (x,) if n_planes == 1 else (jnp.real(x), jnp.imag(x))
 
 
 def _run(plan: _Plan, a, b, h0, keep, *, reverse, post, conj, want_final):
@@ -632,8 +355,8 @@ def _run(plan: _Plan, a, b, h0, keep, *, reverse, post, conj, want_final):
     _, e, prod = _kernel_call(
         plan, a4, b4, None, keep4, **kw, want_h=False, want_carry=True, want_prod=True
     )
-    e, prod = _to_complex(e)[:, :, 0], _to_complex(prod)[:, :, 0]  # (B, S, P)
-    c0 = jnp.zeros((B, P), e.dtype) if h0 is None else _to_complex(h0).astype(e.dtype)
+    e, prod = to_complex(e)[:, :, 0], to_complex(prod)[:, :, 0]  # (B, S, P)
+    c0 = jnp.zeros((B, P), e.dtype) if h0 is None else to_complex(h0).astype(e.dtype)
 
     def step(c, xs):
         p, e_s = xs
@@ -642,12 +365,12 @@ def _run(plan: _Plan, a, b, h0, keep, *, reverse, post, conj, want_final):
     final, entries = lax.scan(
         step, c0, (jnp.moveaxis(prod, 1, 0), jnp.moveaxis(e, 1, 0)), reverse=reverse
     )
-    entries = _to_planes(jnp.moveaxis(entries, 0, 1)[:, :, None], len(b))  # (B, S, 1, P)
+    entries = to_planes(jnp.moveaxis(entries, 0, 1)[:, :, None], len(b))  # (B, S, 1, P)
     # Pass 2: every segment from its entry state.
     h, _, _ = _kernel_call(
         plan, a4, b4, entries, keep4, **kw, want_h=True, want_carry=False, want_prod=False
     )
-    return flat(h, L), (_to_planes(final, len(b)) if want_final else None)
+    return flat(h, L), (to_planes(final, len(b)) if want_final else None)
 
 
 # --------------------------------------------------------------------------
@@ -742,15 +465,15 @@ def linear_scan(
       reset: (batch, L) bool; where True the recurrence restarts, h_t = b_t.
       backend: None (by `jax.default_backend()`: "tpu", "gpu", otherwise
         "tpu_interpret"), or one of "tpu", "gpu", "tpu_interpret", "gpu_interpret".
-      chunk_size: TPU variant: time steps per VMEM block (rounded up to a
-        multiple of 8, or 16 for 16-bit dtypes). The GPU variant streams rows
-        and ignores it.
-      block_p: lanes per program. TPU: a multiple of 128 (rounded up), or all of
-        P when P is not larger (default 512). GPU: a power of two (rounded up;
-        default 128), lanes past P masked.
+      chunk_size: TPU variant: time steps per VMEM block (default 1024; capped at
+        the segment length). The GPU variant streams rows and ignores it.
+      block_p: lanes per program. TPU: all of P (rounded up to 128) when that is
+        at most max(block_p, 8 x 128 (16 x 128 for 16-bit dtypes)), else a multiple
+        of that tile (default 1024). GPU: a power of two (rounded up; default 64),
+        lanes past P masked.
       segments: number of time segments run as separate programs (two passes
         when > 1; see the module docstring). Rounded down to a divisor of L.
-        Default: 1 on TPU; on GPU enough for ~1024 programs of >= 256 steps.
+        Default: 1 on TPU; on GPU enough for ~1024 programs of >= 64 steps.
 
     Returns:
       h, shaped like b, in the common dtype of a, b and h0.
@@ -773,11 +496,11 @@ def linear_scan(
         segments=segments,
     )
     n_planes = 2 if jnp.issubdtype(dtype, jnp.complexfloating) else 1
-    a_pl = _to_planes(a, n_planes)
-    b_pl = _to_planes(b, n_planes)
-    h0_pl = None if h0 is None else tuple(x.astype(jnp.float32) for x in _to_planes(h0, n_planes))
+    a_pl = to_planes(a, n_planes)
+    b_pl = to_planes(b, n_planes)
+    h0_pl = None if h0 is None else tuple(x.astype(jnp.float32) for x in to_planes(h0, n_planes))
     h = _scan_planes(plan, a_pl, b_pl, h0_pl, keep)
-    return _to_complex(h).astype(dtype)
+    return to_complex(h).astype(dtype)
 
 
 __all__ = ["BACKENDS", "linear_scan", "linear_scan_reference", "resolve_backend"]

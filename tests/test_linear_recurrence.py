@@ -1,5 +1,9 @@
 """linear_recurrence against a NumPy loop (values) and a plain lax.scan (gradients)."""
 
+import json
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +11,7 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
+from jaxml import auto_impl
 from jaxml.ssm import linear_recurrence, recurrence, register_impl
 
 IMPLS = ["associative", "sequential", "chunked"]
@@ -216,12 +221,20 @@ def test_bad_options_raise():
         linear_recurrence(0.5, b, axis=2)
 
 
-def test_pallas_slot_and_registry(monkeypatch):
+def test_missing_kernel_is_one_clear_error(monkeypatch):
+    # None in sys.modules makes `import pallas_kernels.linear_scan` raise ImportError.
+    monkeypatch.setitem(sys.modules, "pallas_kernels.linear_scan", None)
+    with pytest.raises(NotImplementedError) as info:
+        linear_recurrence(0.5, jnp.ones((5, 2)), impl="pallas")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "pallas_kernels.linear_scan" in message and "could not be imported" in message
+    assert "impl='auto'" in message and "register_impl" in message
+
+
+def test_registered_pallas_core_replaces_the_kernel(monkeypatch):
     b = jnp.ones((5, 2))
     monkeypatch.setattr(recurrence, "_IMPLS", dict(recurrence._IMPLS))
-    if recurrence._IMPLS["pallas"] is recurrence._pallas_not_registered:
-        with pytest.raises(NotImplementedError, match="register_impl"):
-            linear_recurrence(0.5, b, impl="pallas")
     calls = []
 
     def core(a, b, *, reverse):
@@ -234,7 +247,75 @@ def test_pallas_slot_and_registry(monkeypatch):
     assert_close(h, numpy_recurrence(0.5, b, np.ones(2), reverse=True).real, 1e-6)
 
 
-def test_auto_resolves_per_backend():
-    assert recurrence.resolve_impl("auto", "cpu") == recurrence.AUTO_IMPL["cpu"]
-    assert recurrence.resolve_impl("auto", "gpu") in recurrence._IMPLS
+# --------------------------------------------------------------------------
+# impl="auto": only what a committed benchmark measured
+# --------------------------------------------------------------------------
+
+
+def fake_report(rows, allowed=1e-3, interpreted=False):
+    """A benchmarks/scan.py report: rows of (impl, length, median_s, worst error)."""
+    results = [
+        {
+            "case": "recurrence",
+            "mode": "fwd_bwd",
+            "impl": impl,
+            "length": length,
+            "median_s": t,
+            "max_rel_error": None if err is None else {"h": err / 2, "grad_a": err, "grad_b": 0.0},
+        }
+        for impl, length, t, err in rows
+    ]
+    config = {"max_rel_error_allowed": allowed, "pallas_interpreted": interpreted}
+    return {"config": config, "results": results}
+
+
+def test_auto_follows_the_fastest_correct_entry():
+    rows = [
+        ("associative", 1024, 1.0, 1e-6),
+        ("associative", 4096, 4.0, 1e-6),
+        ("sequential", 1024, 0.5, 1e-6),
+        ("sequential", 4096, 2.0, 1e-6),
+        ("chunked", 1024, 0.6, 1e-6),
+        ("chunked", 4096, 2.2, 1e-6),
+    ]
+    assert auto_impl.fastest_correct(fake_report(rows), "recurrence") == "sequential"
+    # Faster still, but wrong at one length, NaN, unchecked, or not measured at every length:
+    for bad in [
+        [("pallas", 1024, 0.1, 1e-6), ("pallas", 4096, 0.4, 0.03)],
+        [("pallas", 1024, 0.1, 1e-6), ("pallas", 4096, 0.4, float("nan"))],
+        [("pallas", 1024, 0.1, None), ("pallas", 4096, 0.4, 1e-6)],
+        [("pallas", 1024, 0.1, 1e-6)],
+    ]:
+        assert auto_impl.fastest_correct(fake_report(rows + bad), "recurrence") == "sequential"
+    good = [("pallas", 1024, 0.1, 1e-6), ("pallas", 4096, 0.4, 1e-6)]
+    assert auto_impl.fastest_correct(fake_report(rows + good), "recurrence") == "pallas"
+    # A kernel timed in the Pallas interpreter says nothing about its speed.
+    interpreted = fake_report(rows + good, interpreted=True)
+    assert auto_impl.fastest_correct(interpreted, "recurrence") == "sequential"
+    assert auto_impl.fastest_correct(fake_report([]), "recurrence") is None
+
+
+def test_auto_without_a_measurement_is_the_xla_scan(monkeypatch):
+    monkeypatch.setattr(auto_impl, "SCAN_AUTO_IMPL", {"gpu": "pallas"})
+    assert recurrence.resolve_impl("auto", "gpu") == "pallas"
+    assert recurrence.resolve_impl("auto", "tpu") == "associative"
+    assert recurrence.resolve_impl("auto", "cpu") == "associative"
+    monkeypatch.setattr(auto_impl, "SCAN_AUTO_IMPL", {})
+    assert recurrence.resolve_impl("auto", "gpu") == "associative"
     assert recurrence.resolve_impl("chunked") == "chunked"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_auto_table_is_what_the_committed_benchmarks_show():
+    """Every entry cites a committed benchmarks/scan.py JSON and names the fastest correct
+    forward+backward implementation there; GPU and TPU, never measured, get the XLA scan."""
+    assert set(auto_impl.SCAN_AUTO_IMPL) == set(auto_impl.SCAN_AUTO_SOURCES)
+    for backend, source in auto_impl.SCAN_AUTO_SOURCES.items():
+        report = json.loads((ROOT / source).read_text())
+        assert report["device"]["backend"] == backend, source
+        assert auto_impl.fastest_correct(report, "recurrence") == auto_impl.SCAN_AUTO_IMPL[backend]
+    for backend in ("gpu", "tpu"):
+        if backend not in auto_impl.SCAN_AUTO_IMPL:
+            assert recurrence.resolve_impl("auto", backend) == "associative"

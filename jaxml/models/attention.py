@@ -16,15 +16,16 @@ Implementations (`impl=`):
   a multiple of 8).
 - "reference": plain jnp, float32 logits.
 - "pallas_tpu", "pallas_gpu": JAX's shipped Pallas flash-attention kernels,
-  wrapped in `pallas_kernels.attention`; registered lazily on first use, so
+  wrapped in `pallas_kernels.attention` (a leaf package: it imports only JAX and
+  knows nothing of this registry). This module imports it on the first call, so
   `import jaxml` never imports Pallas. Shapes a kernel cannot take fall back to
-  XLA with a logged reason.
-- "auto": picks one of the above per call from the default backend, the dtype
-  and head_dim with `resolve_attention_impl`: TPU -> "pallas_tpu"; GPU ->
-  "cudnn" for fp16/bf16 with head_dim <= 128 and a multiple of 8, else "xla";
-  anything else (CPU) -> "xla", the same computation as "default". The U-Net
-  still defaults to "default": the Pallas TPU kernel is not SPMD-partitioned
-  (see `pallas_kernels.attention`), so "auto" is opt-in for sharded training.
+  XLA with a logged reason. Under a mesh (`with jax.set_mesh(mesh):` around the
+  jitted step) the kernel runs inside `shard_map` over the mesh's batch axes
+  (`jaxml.parallel.kernel_partition`): XLA cannot partition a Pallas call.
+- "auto": `resolve_attention_impl(backend, dtype, head_dim)`: the implementation
+  a committed benchmark showed correct and fastest on this backend
+  (`jaxml.auto_impl.ATTENTION_AUTO_IMPL`; none measured yet), when it applies to
+  the dtype and head_dim; else "xla", the same computation as "default".
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+
+from jaxml import auto_impl
+from jaxml.parallel.kernel_partition import over_batch
 
 Array = jax.Array
 # fn(q, k, v, *, scale) -> out; scale is already resolved to a float.
@@ -54,29 +58,33 @@ def _jax_nn(implementation: str | None) -> AttentionFn:
     return fn
 
 
-def resolve_attention_impl(backend: str, dtype, head_dim: int) -> str:
+def cudnn_applies(dtype, head_dim: int) -> bool:
+    """cuDNN flash attention through jax.nn: float16/bfloat16, head_dim <= 128, multiple of 8."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+    return half and head_dim <= 128 and head_dim % 8 == 0
+
+
+def resolve_attention_impl(backend: str, dtype, head_dim: int, table=None) -> str:
     """The implementation that `impl="auto"` uses (a pure function of its arguments).
 
     Args:
-      backend: a JAX platform name, e.g. `jax.default_backend()`: "tpu", "gpu"
-        (or "cuda"; "rocm" has no cuDNN and gets "xla"), "cpu", ...
+      backend: a JAX platform name, e.g. `jax.default_backend()` ("cuda" counts as "gpu").
       dtype: the dtype of q.
       head_dim: the per-head feature size.
+      table: backend -> measured implementation; default `jaxml.auto_impl.ATTENTION_AUTO_IMPL`.
 
     Returns:
-      "pallas_tpu" on TPU; on a CUDA GPU "cudnn" when cuDNN's flash attention
-      applies (float16/bfloat16, head_dim <= 128 and a multiple of 8), else
-      "xla"; "xla" everywhere else.
+      The table's entry for the backend when it applies ("cudnn" only where
+      `cudnn_applies`); otherwise "xla". The Pallas kernels check their own
+      shapes and fall back to XLA themselves.
     """
     backend = backend.lower()
-    if backend == "tpu":
-        return "pallas_tpu"
-    if backend in ("gpu", "cuda"):
-        half = jnp.dtype(dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
-        if half and head_dim <= 128 and head_dim % 8 == 0:
-            return "cudnn"
-        return "xla"
-    return "xla"
+    backend = "gpu" if backend == "cuda" else backend
+    table = auto_impl.ATTENTION_AUTO_IMPL if table is None else table
+    impl = table.get(backend, auto_impl.ATTENTION_SAFE_IMPL)
+    if impl == "cudnn" and not cudnn_applies(dtype, head_dim):
+        return auto_impl.ATTENTION_SAFE_IMPL
+    return impl
 
 
 def _auto(q, k, v, *, scale):
@@ -84,18 +92,18 @@ def _auto(q, k, v, *, scale):
     return _IMPLS[impl](q, k, v, scale=scale)
 
 
-def _lazy_pallas(name: str) -> AttentionFn:
-    """A placeholder that imports `pallas_kernels.attention`, whose `register()`
-    replaces it in the registry, then calls the real kernel."""
+def _pallas(name: str) -> AttentionFn:
+    """`pallas_kernels.attention.<name>_attention`, imported on the first call and run
+    per device (shard_map over the mesh's batch axes)."""
 
     def fn(q, k, v, *, scale):
-        from pallas_kernels import attention as pallas_attention  # noqa: PLC0415
+        from pallas_kernels import attention as kernels  # noqa: PLC0415
 
-        pallas_attention.register()
-        if _IMPLS[name] is fn:
-            raise RuntimeError(f"pallas_kernels.attention.register() did not register {name!r}.")
-        return _IMPLS[name](q, k, v, scale=scale)
+        kernel = getattr(kernels, f"{name}_attention")
+        call = lambda q, k, v: kernel(q, k, v, scale=scale)
+        return over_batch(call, (q, k, v), (0, 0, 0))
 
+    fn.__name__ = name
     return fn
 
 
@@ -106,8 +114,8 @@ _IMPLS: dict[str, AttentionFn] = {
     "xla": _jax_nn("xla"),
     "cudnn": _jax_nn("cudnn"),
     "reference": reference_attention,
-    "pallas_tpu": _lazy_pallas("pallas_tpu"),
-    "pallas_gpu": _lazy_pallas("pallas_gpu"),
+    "pallas_tpu": _pallas("pallas_tpu"),
+    "pallas_gpu": _pallas("pallas_gpu"),
     "auto": _auto,
 }
 

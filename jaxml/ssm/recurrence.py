@@ -18,7 +18,12 @@ interchangeable algorithms for that problem:
   those after it into P, a free reshape -- together with h0 and resets, so no
   transpose is needed; the kernel has its own `jax.custom_vjp`. Other callers
   of the core get the generic (L, ...) -> (1, L, P) path. `register_impl` can
-  still replace the slot.
+  still replace the slot. Under a mesh (`with jax.set_mesh(mesh):` around the
+  jitted step) the kernel runs inside `shard_map` over the mesh's batch axes
+  (`jaxml.parallel.kernel_partition`), so each device scans its own rows.
+
+``auto`` is the measured choice for the backend (`jaxml.auto_impl`): the core a
+committed benchmark showed correct and fastest there, else ``associative``.
 
 The other cores are plain JAX, so their gradients (w.r.t. a, b and h0) come from
 autodiff.
@@ -33,6 +38,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxml import auto_impl
+from jaxml.parallel.kernel_partition import over_batch
+
 # A core takes time-major `a` (length 1 when constant in time, otherwise L;
 # other dims broadcastable to b's) and `b` (L, ...), and returns h (L, ...)
 # for a zero initial state.
@@ -40,16 +48,9 @@ CoreFn = Callable[..., jax.Array]
 
 DEFAULT_CHUNK_SIZE = 64
 
-# Fastest core per backend, measured with benchmarks/scan.py (B 8, P 256,
-# complex64, forward+backward). Backends not listed use "associative".
-AUTO_IMPL = {
-    "cpu": "sequential",
-    # NOT YET MEASURED on hardware: the Pallas kernel is chosen on GPU and TPU on the
-    # strength of its design (one pass over b at memory bandwidth). Re-run
-    # benchmarks/scan.py there and set these from its "fastest" entry.
-    "gpu": "pallas",
-    "tpu": "pallas",
-}
+# impl="auto": the measured choice per backend, from jaxml.auto_impl (read at call
+# time). A backend without a committed benchmark gets the XLA associative scan.
+AUTO_IMPL = auto_impl.SCAN_AUTO_IMPL
 
 
 # --------------------------------------------------------------------------
@@ -150,29 +151,28 @@ def _chunked_core(a, b, *, reverse: bool, chunk_size: int = DEFAULT_CHUNK_SIZE) 
     return h[:length]
 
 
-def _pallas_not_registered(a, b, *, reverse: bool):
-    raise NotImplementedError(
-        "linear_recurrence(impl='pallas') needs the Pallas kernel from the "
-        "pallas_kernels package, which could not be imported in this process "
-        "(or register another core with jaxml.ssm.recurrence.register_impl('pallas', fn)); "
-        "use impl='auto', 'associative', 'sequential' or 'chunked'."
-    )
+PALLAS_MISSING = (
+    "linear_recurrence(impl='pallas') needs pallas_kernels.linear_scan, which could not be "
+    "imported in this process ({error}); use impl='auto', 'associative', 'sequential' or "
+    "'chunked', or register a core with jaxml.ssm.recurrence.register_impl('pallas', fn)."
+)
 
 
 def _load_pallas_kernel():
-    """`pallas_kernels.linear_scan.linear_scan`, imported on first use; None if unavailable."""
+    """`pallas_kernels.linear_scan.linear_scan`, imported on first use.
+
+    Raises NotImplementedError (one line, with the import error) when it cannot be imported.
+    """
     try:
         from pallas_kernels.linear_scan import linear_scan
-    except ImportError:
-        return None
+    except ImportError as error:
+        raise NotImplementedError(PALLAS_MISSING.format(error=error)) from None
     return linear_scan
 
 
 def _pallas_core(a, b, *, reverse: bool) -> jax.Array:
     """Core-protocol wrapper: (L, ...) time-major -> the kernel's (1, L, P) layout."""
     kernel = _load_pallas_kernel()
-    if kernel is None:
-        _pallas_not_registered(a, b, reverse=reverse)
     length, rest = b.shape[0], b.shape[1:]
     a = jnp.broadcast_to(a, a.shape[:1] + rest)  # only the per-step dims, never over time
     h = kernel(a.reshape(1, a.shape[0], -1), b.reshape(1, length, -1), reverse=reverse)
@@ -186,6 +186,7 @@ def _pallas_recurrence(a, b, h0, reset, *, axis: int, reverse: bool) -> jax.Arra
     without its time axis. `a` keeps a time extent of 1 when constant in time.
     """
     kernel = _load_pallas_kernel()
+    b_shape = b.shape
     lead, length, trail = b.shape[:axis], b.shape[axis], b.shape[axis + 1 :]
     n_lead, n_trail = math.prod(lead), math.prod(trail)
     if reset is not None and any(d != 1 for d in reset.shape[axis + 1 :]):
@@ -201,8 +202,12 @@ def _pallas_recurrence(a, b, h0, reset, *, axis: int, reverse: bool) -> jax.Arra
     if reset is not None:
         reset = jnp.broadcast_to(reset, lead + (length,) + (1,) * len(trail))
         reset = reset.reshape(n_lead, length)
-    h = kernel(a, b.reshape(n_lead, length, n_trail), h0, reverse=reverse, reset=reset)
-    return h.reshape(b.shape)
+    b = b.reshape(n_lead, length, n_trail)
+    # Per device under a mesh: the kernel sees its shard of the (flattened) batch.
+    call = lambda a, b, h0, reset: kernel(a, b, h0, reverse=reverse, reset=reset)
+    a_dim = 0 if a.shape[0] > 1 else None
+    h = over_batch(call, (a, b, h0, reset), (a_dim, 0, 0, 0))
+    return h.reshape(b_shape)
 
 
 _IMPLS: dict[str, CoreFn] = {
@@ -232,7 +237,8 @@ def available_impls() -> tuple[str, ...]:
 def resolve_impl(impl: str, backend: str | None = None) -> str:
     """Maps "auto" to the measured choice for `backend` (default: JAX's default)."""
     if impl == "auto":
-        return AUTO_IMPL.get(backend or jax.default_backend(), "associative")
+        backend = backend or jax.default_backend()
+        return auto_impl.SCAN_AUTO_IMPL.get(backend, auto_impl.SCAN_SAFE_IMPL)
     if impl not in _IMPLS:
         raise ValueError(
             f"Unknown linear_recurrence impl {impl!r}; expected one of {available_impls()}."
@@ -295,7 +301,9 @@ def linear_recurrence(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     core = _IMPLS[resolve_impl(impl)]
-    direct_pallas = core is _pallas_core and _load_pallas_kernel() is not None
+    direct_pallas = core is _pallas_core
+    if direct_pallas:
+        _load_pallas_kernel()  # a missing kernel fails here, before any work
 
     dtypes = [a.dtype, b.dtype] + ([jnp.asarray(h0).dtype] if h0 is not None else [])
     dtype = jnp.result_type(*dtypes)
