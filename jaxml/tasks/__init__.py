@@ -34,17 +34,19 @@ def train(task: Task, config, workdir) -> dict | None:
     early), also written to <workdir>/final_metrics.json."""
     if task.summary:
         log.info("%s", task.summary)
-    state, eval_metrics = loop.run(
-        workdir=workdir,
-        config=config,
-        state=task.state,
-        state_shardings=task.state_shardings,
-        train_step=task.train_step,
-        train_iterator=task.train_iterator,
-        batch_sharding=task.batch_sharding,
-        eval_fn=task.eval_fn,
-    )
-    final = loop.finish(workdir, config, state, eval_metrics, task.eval_fn)
+    # The ambient mesh lets Pallas kernels run per device (jaxml.parallel.kernel_partition).
+    with jax.set_mesh(task.batch_sharding.mesh):
+        state, eval_metrics = loop.run(
+            workdir=workdir,
+            config=config,
+            state=task.state,
+            state_shardings=task.state_shardings,
+            train_step=task.train_step,
+            train_iterator=task.train_iterator,
+            batch_sharding=task.batch_sharding,
+            eval_fn=task.eval_fn,
+        )
+        final = loop.finish(workdir, config, state, eval_metrics, task.eval_fn)
     if final is not None and jax.process_index() == 0:
         print(
             f"step {config.total_steps}: "

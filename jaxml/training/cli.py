@@ -21,6 +21,7 @@ from jaxml.data.sources import DatasetUnavailableError
 from jaxml.parallel.distributed import maybe_initialize_distributed
 from jaxml.parallel.mesh import MeshShapeError
 from jaxml.training.checkpoint import CheckpointError
+from jaxml.training.compile_cache import enable_compilation_cache
 from jaxml.training.loop import NAN_POLICIES, NonFiniteError
 from jaxml.training.posthoc_ema import PosthocEMAError
 
@@ -219,6 +220,7 @@ def run_main(main: Callable[[Any, epath.Path], None]):
             sys.exit(f"error: {e}")
         with exit_on_user_error():
             expand_user_paths(config)
+            enable_compilation_cache()  # a second run of the same job skips most compiles
             maybe_initialize_distributed(
                 fl.coordinator_address,
                 fl.num_processes,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from jaxml.parallel import sharding
 from jaxml.training.checkpoint import Checkpointer, abstract_like
+from jaxml.training.compile_cache import log_compilation
 from jaxml.training.metrics_log import MetricsLog
 from jaxml.training.posthoc_ema import SnapshotWriter
 from jaxml.training.state import TrainState
@@ -202,7 +203,12 @@ def run(
         with StopRequest(int(config.get("stop_check_every", 1) or 1)) as stop:
             for step in range(start, total_steps):
                 batch = sharding.global_batch(next(train_iterator), batch_sharding)
-                state, metrics = train_step(state, batch)
+                if step == start:  # the first call compiles: say so, with a heartbeat
+                    with log_compilation("train step"):
+                        state, metrics = train_step(state, batch)
+                        jax.block_until_ready(metrics)
+                else:
+                    state, metrics = train_step(state, batch)
                 done = step + 1
                 bar.update(1)
 
