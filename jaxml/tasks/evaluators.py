@@ -15,7 +15,10 @@ from jaxml.training.cli import ConfigError
 Evaluate = Callable[[Any], dict]
 
 # name -> "module:factory". Add a line here for a new evaluator.
-EVALUATORS: dict[str, str] = {}
+EVALUATORS: dict[str, str] = {
+    "accuracy": "jaxml.tasks.classification:accuracy_evaluator",
+    "best_checkpoint": "jaxml.tasks.classification:best_checkpoint_evaluator",
+}
 
 
 def check_names(names: Sequence[str]) -> None:
