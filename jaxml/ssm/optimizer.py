@@ -147,9 +147,11 @@ def s5_schedules(
     ):
         raise ValueError(
             f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})"
-            + (" twice for 'official_cosine' (its cosine ends at T − W)"
-            if schedule == "official_cosine"
-            else "")
+            + (
+                " twice for 'official_cosine' (its cosine ends at T − W)"
+                if schedule == "official_cosine"
+                else ""
+            )
         )
     return (
         _schedule(schedule, ssm_lr, warmup_steps, total_steps, lr_min),
