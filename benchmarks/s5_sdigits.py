@@ -48,6 +48,8 @@ def main():
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
+    if not commit and (REPO / "COMMIT").exists():  # run from an exported copy of a commit
+        commit = (REPO / "COMMIT").read_text().strip()
     result = {
         "benchmark": "benchmarks/s5_sdigits.py",
         "command": " ".join(["python", "benchmarks/s5_sdigits.py", *sys.argv[1:]]),
