@@ -72,3 +72,20 @@ class BestCheckpoint:
             return self.update(step, context["results"], state)
 
         return evaluate
+
+
+def restore_best(workdir) -> tuple[dict, dict]:
+    """(metrics record, flax variables {"params", **model_state}) of <workdir>/best/, as NumPy
+    arrays on the host, e.g. to run the best model in step (streaming) mode."""
+    directory = epath.Path(workdir) / "best"
+    directory = directory if directory.is_absolute() else directory.absolute()
+    manager = ocp.CheckpointManager(directory, item_names=("state", "metrics"))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no best-validation checkpoint in {directory}")
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardRestore(), metrics=ocp.args.JsonRestore()),
+    )
+    state = restored["state"]
+    return dict(restored["metrics"]), {"params": state["params"], **state["model_state"]}
