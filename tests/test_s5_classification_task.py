@@ -91,6 +91,7 @@ def test_best_validation_protocol_and_checkpoint(monkeypatch, tmp_path):
     assert accuracy == pytest.approx(final["best_val"]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_max_test_without_validation_and_rescaled_8khz_test(monkeypatch, tmp_path):
     """No validation split (IMDB): max test accuracy, labelled; a split with eval_step_rescale
     (Speech Commands at 8 kHz) is evaluated with Δ scaled, checked against a direct evaluation."""

@@ -24,13 +24,16 @@ def trained_variables(model, x, **kw):
     "options",
     [
         dict(pooling="mean"),  # prenorm BatchNorm, half_glu1
-        dict(
-            pooling="last",
-            norm="layer",
-            prenorm=False,
-            activation="full_glu",
-            conj_sym=False,
-            discretization="bilinear",
+        pytest.param(
+            dict(
+                pooling="last",
+                norm="layer",
+                prenorm=False,
+                activation="full_glu",
+                conj_sym=False,
+                discretization="bilinear",
+            ),
+            marks=pytest.mark.slow,
         ),
     ],
 )
@@ -62,6 +65,7 @@ def test_step_mode_equals_parallel_mode_on_every_prefix(options):
     np.testing.assert_allclose(streamed[-1], np.asarray(full), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_step_mode_with_tokens_and_timesteps():
     model = S5Classifier(
         num_classes=3, **SMALL, input_encoding="one_hot", vocab_size=7, pooling="mean"
@@ -87,6 +91,7 @@ def test_bidirectional_model_refuses_step_mode():
         model.apply(variables, {"layers": (None,) * 3}, x[:, 0], method="step")
 
 
+@pytest.mark.slow
 def test_one_hot_encoder_is_dense_of_one_hot_vectors():
     """The lookup encoder equals the official one-hot -> nn.Dense with the same parameters."""
     model = S5Classifier(num_classes=3, **SMALL, input_encoding="one_hot", vocab_size=6)
