@@ -1,7 +1,7 @@
 """S5 on sequential digits (L = 1024) and its permuted variant: test accuracy at the
 best-validation evaluation (the S5 paper's protocol), over seeds, on a CPU.
 
-  python benchmarks/s5_sdigits.py --seeds 0 1 2        # 6 runs, ~5-8 min each on 2 cores
+  python benchmarks/s5_sdigits.py --seeds 0 1 2        # 6 runs, ~2-7 min each on 2 cores
 
 Runs `python -m train.s5 --config=train/configs/{s5_sdigits,s5_psdigits}.py` once per seed,
 sequentially, each in a fresh workdir, and writes benchmarks/results/s5_sdigits_cpu.json

@@ -34,6 +34,19 @@ def get_config():
     config.model.blocks = 4
     config.model.n_layers = 4
     config.model.dropout = 0.1
+    # The other S5Classifier options, at their defaults (the official S5 CLI's).
+    config.model.activation = "half_glu1"
+    config.model.norm = "batch"
+    config.model.prenorm = True
+    config.model.bn_momentum = 0.95
+    config.model.bidirectional = False
+    config.model.pooling = "mean"
+    config.model.C_init = "trunc_standard_normal"
+    config.model.discretization = "zoh"
+    config.model.conj_sym = True
+    config.model.clip_eigs = False
+    config.model.dt_min = 1e-3
+    config.model.dt_max = 1e-1
     config.model.scan_impl = "auto"
 
     config.optimizer = ml_collections.ConfigDict()
