@@ -45,17 +45,19 @@ def main():
             start = time.perf_counter()
             subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
             wall = time.perf_counter() - start
-            final = json.loads((Path(workdir) / "final_metrics.json").read_text())
+            final = json.loads((Path(workdir) / "final_metrics.json").read_text())["last"]
         runs.append(
             {
                 "seed": seed,
-                "test_accuracy": final["accuracy"],
-                "test_loss": final["loss"],
+                "test_accuracy": final["test_accuracy"],
+                "test_loss": final["test_loss"],
                 "steps": final["step"],
                 "wall_time_s": wall,
             }
         )
-        print(f"seed {seed}: test accuracy {final['accuracy']:.4f} in {wall:.0f} s", flush=True)
+        print(
+            f"seed {seed}: test accuracy {final['test_accuracy']:.4f} in {wall:.0f} s", flush=True
+        )
 
     accs = [r["test_accuracy"] for r in runs]
     result = {

@@ -26,6 +26,8 @@ def trained(tmp_path_factory, data_dir):
             "prepare it once with: python -m jaxml.data.prepare --dataset=cifar10",
         ),
         (["--config.data.batch_size=0"], "batch_size"),
+        (["--config.model.activation=relu"], "config.model.activation='relu' must be one of"),
+        (["--config.optimizer.opt_config=fast"], "config.optimizer.opt_config"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_leaves_checkpoints_alone(

@@ -4,11 +4,13 @@
 """
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import jax
+from etils import epath
 
 from jaxml.training import loop
 from jaxml.training.state import TrainState
@@ -27,6 +29,8 @@ class Task:
     batch_sharding: Any
     eval_fn: Callable[[TrainState], dict] | None
     summary: str = ""  # one line logged before training (model size, steps/epoch, ...)
+    # Optional: final eval metrics (with "step") -> what final_metrics.json holds instead.
+    report: Callable[[dict], dict] | None = None
 
 
 def train(task: Task, config, workdir) -> dict | None:
@@ -47,9 +51,20 @@ def train(task: Task, config, workdir) -> dict | None:
             eval_fn=task.eval_fn,
         )
         final = loop.finish(workdir, config, state, eval_metrics, task.eval_fn)
+    if final is not None and task.report is not None:
+        final = task.report({"step": config.total_steps, **final})
+        if jax.process_index() == 0:
+            (epath.Path(workdir) / "final_metrics.json").write_text(json.dumps(final, indent=2))
     if final is not None and jax.process_index() == 0:
-        print(
-            f"step {config.total_steps}: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, int | float))
-        )
+        print(f"step {config.total_steps}: {_summary_line(final)}")
     return final
+
+
+def _summary_line(metrics: dict) -> str:
+    parts = []
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            parts.append(f"{k}: {_summary_line(v)}")
+        elif isinstance(v, int | float):
+            parts.append(f"{k} {v:.4g}")
+    return ", ".join(parts)

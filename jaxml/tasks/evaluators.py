@@ -16,6 +16,8 @@ Evaluate = Callable[[Any], dict]
 
 # name -> "module:factory". Add a line here for a new evaluator.
 EVALUATORS: dict[str, str] = {
+    "accuracy": "jaxml.tasks.classification:accuracy_evaluator",
+    "best_checkpoint": "jaxml.tasks.classification:best_checkpoint_evaluator",
     "samples_grid": "jaxml.diffusion.evaluators:make_samples_grid",
     "fd_digits": "jaxml.diffusion.evaluators:make_fd_digits",
     "fid": "jaxml.diffusion.evaluators:make_fid",

@@ -1,0 +1,99 @@
+"""S5 on sequential digits (L = 1024) and its permuted variant: test accuracy at the
+best-validation evaluation (the S5 paper's protocol), over seeds, on a CPU.
+
+  python benchmarks/s5_sdigits.py --seeds 0 1 2        # 6 runs, ~2-7 min each on 2 cores
+
+Runs `python -m train.s5 --config=train/configs/{s5_sdigits,s5_psdigits}.py` once per seed,
+sequentially, each in a fresh workdir, and writes benchmarks/results/s5_sdigits_cpu.json
+after every run (so a partial sweep is kept), with each run's command.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = ("s5_sdigits", "s5_psdigits")
+
+
+def summary(runs: list[dict]) -> dict:
+    accs = [r["best_val"]["test_accuracy"] for r in runs]
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "best_val_test_accuracy": accs,
+        "mean": statistics.mean(accs),
+        "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+        "last_test_accuracy": [r["last"]["test_accuracy"] for r in runs],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--data_dir", default=None, help="TFDS data_dir (digits is generated)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/s5_sdigits_cpu.json"))
+    parser.add_argument("overrides", nargs="*", help="extra --config.* flags for train.s5")
+    args = parser.parse_args()
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    if not commit and (REPO / "COMMIT").exists():  # run from an exported copy of a commit
+        commit = (REPO / "COMMIT").read_text().strip()
+    result = {
+        "benchmark": "benchmarks/s5_sdigits.py",
+        "command": " ".join(["python", "benchmarks/s5_sdigits.py", *sys.argv[1:]]),
+        "commit": commit,
+        "protocol": "test accuracy at the best validation accuracy (10% of train held out), "
+        "evaluated every config.eval_every steps",
+        "device": {"backend": "cpu", "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "runs": {},
+        "summary": {},
+    }
+    for name in args.configs:
+        runs = result["runs"].setdefault(name, [])
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as workdir:
+                cmd = [
+                    "python",
+                    "-m",
+                    "train.s5",
+                    f"--config=train/configs/{name}.py",
+                    f"--config.seed={seed}",
+                    *([f"--config.data.data_dir={args.data_dir}"] if args.data_dir else []),
+                    *args.overrides,
+                ]
+                start = time.perf_counter()
+                subprocess.run(
+                    [sys.executable, *cmd[1:], f"--workdir={workdir}"],
+                    cwd=REPO,
+                    check=True,
+                    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                )
+                wall = time.perf_counter() - start
+                final = json.loads((Path(workdir) / "final_metrics.json").read_text())
+            runs.append({"seed": seed, "command": " ".join(cmd), "wall_time_s": wall, **final})
+            result["summary"][name] = summary(runs)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+            print(
+                f"{name} seed {seed}: best-val test accuracy "
+                f"{final['best_val']['test_accuracy']:.4f} (step {final['best_val']['step']}), "
+                f"last {final['last']['test_accuracy']:.4f}, {wall:.0f} s",
+                flush=True,
+            )
+    for name, s in result["summary"].items():
+        print(f"{name}: {100 * s['mean']:.2f} ± {100 * s['sd']:.2f} % over seeds {s['seeds']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+"""S5 on permuted sequential digits: s5_sdigits with one fixed permutation of the 1024 pixel
+positions (jaxml.tasks.classification.fixed_permutation, seed PERMUTATION_SEED), the psMNIST
+analogue. Same recipe, validation and reporting as s5_sdigits. No paper number (psMNIST 98.67 %).
+
+  python -m train.s5 --config=train/configs/s5_psdigits.py
+"""
+
+from train.configs import s5_sdigits
+
+
+def get_config():
+    config = s5_sdigits.get_config()
+    config.data.permute = True
+    return config
