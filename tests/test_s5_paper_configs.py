@@ -28,7 +28,12 @@ CONFIGS = (
     "s5_speech35",
 )
 # Long sequences or wide models: over ~20 s each on a 2-core CPU (estimated, see the note).
-SLOW = {"s5_pathx", "s5_speech35", "s5_aan", "s5_imdb", "s5_lra_cifar", "s5_scifar"}
+# One pixel and one token recipe stay in the default suite; the rest (1-5 min each on 2 cores,
+# the full-size official models compile slowly) run with the slow tests.
+SLOW = {
+    "s5_pathx", "s5_speech35", "s5_aan", "s5_imdb", "s5_lra_cifar", "s5_scifar", "s5_psmnist",
+    "s5_pathfinder32",
+}  # fmt: skip
 
 # From lindermanlab/S5 bin/run_experiments/*.sh, written out by hand: layers, H, P (ssm_size_base),
 # J, batch, epochs, lr_factor, ssm_lr_base, weight_decay, opt_config, dt_global, dropout, seed.

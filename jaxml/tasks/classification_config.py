@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxml.data import preprocess as preprocessing
 from jaxml.models import s5 as s5_models
 from jaxml.ssm import init as ssm_init
 from jaxml.ssm.discretize import DISCRETIZATIONS
@@ -18,7 +19,11 @@ from jaxml.training import cli
 from jaxml.training.cli import ConfigError
 
 ARCHITECTURES = ("classifier", "retrieval")
-PREPROCESSES = ("sequence_task", "sequence_classification", "image_classification_flat")
+# "sequence_task": records already in the model's format; the rest: jaxml.data.preprocess.
+PREPROCESSES = (
+    "sequence_task",
+    *(n for n in preprocessing.PREPROCESSORS if n != "image_generation"),
+)
 MODEL_KEYS = frozenset(
     f.name
     for f in dataclasses.fields(s5_models.S5Classifier)

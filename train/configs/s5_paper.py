@@ -10,6 +10,7 @@ runs any recipe on generated records of the task's exact format (no files needed
 
 import ml_collections
 
+from jaxml.data.sequence_tasks import TASK_SPECS
 from train.configs import s5_mnist1d
 
 
@@ -32,7 +33,8 @@ def paper_config(
     config = s5_mnist1d.get_config()
     config.seed = seed
     config.data.name = dataset
-    config.data.preprocess = "sequence_task"
+    # The dataset's own transform (jaxml/data/sequence_tasks.py) to the model's inputs.
+    config.data.preprocess = TASK_SPECS[dataset]["preprocess"]
     config.data.num_classes = num_classes
     config.data.validation_fraction = 0.0
     config.data.validation_split = "validation" if validation else None

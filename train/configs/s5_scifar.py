@@ -9,10 +9,12 @@ input, 45,000 training images (10 % held out for validation).
   python -m train.s5 --config=train/configs/s5_scifar.py --config.data.mock=True  # smoke test
 """
 
+from jaxml.data.sequence_tasks import TASK_SPECS
 from train.configs import s5_lra_cifar
 
 
 def get_config():
     config = s5_lra_cifar.get_config()
     config.data.name = "scifar"
+    config.data.preprocess = TASK_SPECS["scifar"]["preprocess"]  # 3 channels, not grayscale
     return config
