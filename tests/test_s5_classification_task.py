@@ -160,7 +160,7 @@ def test_validation_holdout_and_fixed_permutation():
         ("data.test_splits", (), "config.data.test_splits"),
         ("data.preprocess", "nope", "config.data.preprocess"),
         ("evals", ("best_checkpoint", "accuracy"), "listed before"),
-        ("evals", ("accuracy", "fid"), "unknown evaluator"),
+        ("evals", ("accuracy", "bogus"), "unknown evaluator"),
     ],
 )
 def test_bad_config_values_are_one_config_error(key, value, message):

@@ -34,7 +34,8 @@ def paper_config(
     config.seed = seed
     config.data.name = dataset
     # The dataset's own transform (jaxml/data/sequence_tasks.py) to the model's inputs.
-    config.data.preprocess = TASK_SPECS[dataset]["preprocess"]
+    # (A dataset outside TASK_SPECS must already store records in the model's format.)
+    config.data.preprocess = TASK_SPECS.get(dataset, {}).get("preprocess", "sequence_task")
     config.data.num_classes = num_classes
     config.data.validation_fraction = 0.0
     config.data.validation_split = "validation" if validation else None
