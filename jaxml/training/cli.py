@@ -220,13 +220,19 @@ def run_main(main: Callable[[Any, epath.Path], None]):
             sys.exit(f"error: {e}")
         with exit_on_user_error():
             expand_user_paths(config)
-            enable_compilation_cache()  # a second run of the same job skips most compiles
             maybe_initialize_distributed(
                 fl.coordinator_address,
                 fl.num_processes,
                 fl.process_id,
                 heartbeat_timeout=fl.heartbeat_timeout,
             )
+            # A second run of the same job skips most compiles. Not across processes: one that
+            # hits the cache while a peer compiles reaches the first collective > 30 s ahead,
+            # and gloo's setup times out (seen in the 2-process CPU test).
+            import jax
+
+            if not jax.distributed.is_initialized():
+                enable_compilation_cache()
             main(config, workdir_from_flags())
 
     app.run(_main)
