@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxml.diffusion import metrics
+from jaxml.diffusion import metrics, recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE_KEYS = [
@@ -45,10 +45,10 @@ def load_seeds(pattern: str) -> dict[str, np.ndarray]:
         raise SystemExit(f"no sample folders match {pattern}")
     groups: dict[str, list] = {}
     for folder in folders:
-        if not (Path(folder) / "samples.npz").is_file():
+        if not list(Path(folder).glob("samples_*.npz")):
             continue
-        with np.load(Path(folder) / "samples.npz") as data:
-            groups.setdefault(Path(folder).name.split("_c")[0], []).append(data["images"])
+        images = recipe.read_shards(folder)["images"]
+        groups.setdefault(Path(folder).name.split("_c")[0], []).append(images)
     return {name: np.concatenate(chunks) for name, chunks in groups.items()}
 
 

@@ -94,6 +94,12 @@ def test_training_writes_samples_metrics_and_checkpoints(trained):
     real = np.stack([test[i]["image"] for i in range(64)])  # uint8
     fd_noise, fd_real = _unclamped_fd(noise, data_dir), _unclamped_fd(real, data_dir)
     assert fd_real < final["fd_digits"] < 0.35 * fd_noise, (fd_real, final["fd_digits"], fd_noise)
+    # The eval reports the full digits evaluation: its floor at N = 64 is what 64 real
+    # digits score (one draw of them, by scipy above: within a factor 2 of the fitted floor).
+    assert 0.5 * fd_real < final["fd_digits_floor"] < 2 * fd_real, (final, fd_real)
+    assert final["fd_digits_floor"] < final["fd_digits"]
+    assert 0 <= final["precision"] <= 1 and 0 <= final["recall"] <= 1
+    assert np.isfinite(final["kid_digits"]) and final["kid_digits_se"] > 0
     # The reported metric (clamped at 0) agrees with the unclamped one where both apply.
     np.testing.assert_allclose(metrics.fd_digits(noise, data_dir=data_dir), fd_noise, rtol=1e-3)
 
@@ -118,6 +124,8 @@ def test_sample_entrypoint_same_images_on_1_and_8_devices(trained):
         assert len(list(out.glob("samples_*.npz"))) == 3  # 8 + 8 + 4
         info = json.loads((out / "info.json").read_text())
         assert info["num_samples"] == 20 and info["nfe"] == 17
+        assert info["digits_evaluation"]["num_samples"] == 20
+        assert info["fd_digits"] == info["digits_evaluation"]["fd_train"]
     assert outs[0].shape == (20, 8, 8, 1)
     np.testing.assert_allclose(outs[0], outs[1], atol=2e-5)
     assert outs[0].std() > 0.05  # real, varied images, not a constant

@@ -33,8 +33,8 @@ flags.DEFINE_string(
     "sigma_rel", "0.02,0.05,0.1,0.15,0.2", "Comma-separated EMA widths (relative std) to build."
 )
 flags.DEFINE_integer("step", None, "Snapshot step to reconstruct at (default: the last).")
-flags.DEFINE_string("seeds", "0,1", "Comma-separated sampling seeds for FD (mean and spread).")
-flags.DEFINE_integer("num_samples", 512, "Images per seed for FD-digits.")
+flags.DEFINE_string("seeds", "0,1,2", "Comma-separated sampling seeds (mean ± s.e. over them).")
+flags.DEFINE_integer("num_samples", 2048, "Images per seed for the digits evaluation.")
 flags.DEFINE_bool("score", True, "Sample and score FD-digits (digits models only).")
 flags.DEFINE_string("out", None, "Output folder (default <workdir>/posthoc_ema).")
 log = logging.getLogger("train.posthoc_ema")
@@ -69,13 +69,14 @@ def run_config(workdir, config, argv) -> ml_collections.ConfigDict:
     return merged
 
 
-def score(config, params, seeds, num_samples, mesh) -> list[float]:
-    """FD-digits of `num_samples` images per seed (sampled with the config's sampler)."""
+def score(config, params, seeds, num_samples, mesh) -> dict:
+    """`metrics.evaluate_digits` of `num_samples` images per seed (the config's sampler):
+    FD-digits and KID per seed, their mean ± s.e., and FD's floor at that N."""
     from jaxml.diffusion import metrics, recipe
 
     network = recipe.build_network(config.model)
     sample_fn = recipe.make_sample_fn(network, config)
-    values = []
+    evaluations = []
     for seed in seeds:
         images, _ = recipe.sample_images(
             sample_fn,
@@ -86,8 +87,19 @@ def score(config, params, seeds, num_samples, mesh) -> list[float]:
             batch_sharding=parallel.batch_sharding(mesh),
             replicated=parallel.replicated(mesh),
         )
-        values.append(float(metrics.fd_digits(images, data_dir=config.data.data_dir)))
-    return values
+        evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
+    fds = [float(e["fd_train"]) for e in evaluations]
+    kids = [float(e["kid_train"]) for e in evaluations]
+    se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {
+        "fd_digits": fds,
+        "fd_digits_mean": float(np.mean(fds)),
+        "fd_digits_se": se(fds),
+        "fd_digits_floor": float(evaluations[0]["fd_train_floor"]),
+        "kid_digits": kids,
+        "kid_digits_mean": float(np.mean(kids)),
+        "kid_digits_se": se(kids),
+    }
 
 
 def checkpoint_ema(workdir, config, step, mesh):
@@ -127,16 +139,17 @@ def save_plot(results: dict, path: epath.Path):
     rows = results["posthoc"]
     x = [r["sigma_rel"] for r in rows]
     mean = [r["fd_digits_mean"] for r in rows]
-    spread = [r["fd_digits_std"] for r in rows]
+    spread = [r["fd_digits_se"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.errorbar(x, mean, yerr=spread, marker="o", capsize=3, label="post-hoc EMA")
     ref = results.get("checkpoint_ema")
     if ref:
         ax.axhline(ref["fd_digits_mean"], color="gray", ls="--", label="checkpoint EMA")
+    ax.axhline(rows[0]["fd_digits_floor"], color="green", ls=":", label="real digits, same N")
     for s in results["tracked_sigma_rels"]:
         ax.axvline(s, color="k", alpha=0.15)
     ax.set_xlabel("EMA width σ_rel")
-    ax.set_ylabel(f"FD-digits (N={results['num_samples']}, mean ± std over seeds)")
+    ax.set_ylabel(f"FD-digits (N={results['num_samples']}, mean ± s.e. over seeds)")
     ax.set_title(f"post-hoc EMA at step {results['step']}")
     ax.legend()
     fig.tight_layout()
@@ -185,21 +198,14 @@ def main(config, workdir):
         return
     mesh = parallel.make_mesh(config.mesh)
     for sigma, params in reconstructed.items():
-        fds = score(config, params, seeds, fl.num_samples, mesh)
-        row = {"sigma_rel": sigma, "fd_digits": fds}
-        row |= {"fd_digits_mean": float(np.mean(fds)), "fd_digits_std": float(np.std(fds))}
+        row = {"sigma_rel": sigma, **score(config, params, seeds, fl.num_samples, mesh)}
         results["posthoc"].append(row)
         log.info(
-            "σ_rel %.3f: FD-digits %.3f ± %.3f", sigma, row["fd_digits_mean"], row["fd_digits_std"]
+            "σ_rel %.3f: FD-digits %.3f ± %.3f", sigma, row["fd_digits_mean"], row["fd_digits_se"]
         )
     ref_params = checkpoint_ema(workdir, config, step, mesh)
     if ref_params is not None:
-        fds = score(config, ref_params, seeds, fl.num_samples, mesh)
-        results["checkpoint_ema"] = {
-            "fd_digits": fds,
-            "fd_digits_mean": float(np.mean(fds)),
-            "fd_digits_std": float(np.std(fds)),
-        }
+        results["checkpoint_ema"] = score(config, ref_params, seeds, fl.num_samples, mesh)
     add_paired_differences(results)
     if jax.process_index() == 0:
         (out / "fd_vs_sigma_rel.json").write_text(json.dumps(results, indent=2))

@@ -11,7 +11,8 @@ an error when the checkpoint has a saved config (see jaxml/tasks/diffusion_sampl
 Any --num_samples: micro-batches of config.eval.batch_size run through one compiled
 program and are written as they come to <out>/samples_<start>.npz (images in [-1, 1],
 labels, indices), plus <out>/samples.png (a grid) and <out>/info.json (sampler, NFE, and
-FD-digits for digits models).
+for digits models `metrics.evaluate_digits`: FD against train/test with the floors at the
+same N, KID, precision/recall, memorisation rate).
 """
 
 import logging
@@ -50,7 +51,13 @@ def main(config, workdir):
     if jax.process_index() == 0:
         print(
             f"{info['num_samples']} samples ({info['sampler']}, NFE {info['nfe']}) in {info['out']}"
-            + (f"; FD-digits {info['fd_digits']:.3f}" if "fd_digits" in info else "")
+            + (
+                f"; FD-digits {info['fd_digits']:.3f} (real digits at this N: "
+                f"{info['digits_evaluation']['fd_train_floor']:.3f}), KID "
+                f"{info['digits_evaluation']['kid_train']:.5f}"
+                if "fd_digits" in info
+                else ""
+            )
         )
 
 

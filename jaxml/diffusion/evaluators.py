@@ -6,7 +6,10 @@ seed config.eval.seed, so every eval's grid shows the same latents, and the othe
 them.
 
   samples_grid   <workdir>/samples/step_*.png (first config.eval.grid_size images); nfe
-  fd_digits      FD-digits against the train split; for a conditional model also the
+  fd_digits      `metrics.evaluate_digits` (the one digits evaluation, also used by
+                 train.sample and the benchmarks): FD-digits against the train split with
+                 its floor at the same N, FD against test, KID, k-NN precision/recall and the
+                 memorisation rate; for a conditional model also the
                  predicted-class histogram (class_frac_<c>), the share classified as the
                  label it was drawn with (class_match) and FD per class (fd_digits_class_<c>)
   fid            FID against config.eval.fid_reference_stats (nothing when it is unset)
@@ -114,12 +117,29 @@ def _digits_train(data_dir) -> tuple[np.ndarray, np.ndarray]:
     return batch["image"], batch["label"]
 
 
+def digits_eval_metrics(evaluation: dict) -> dict:
+    """`metrics.evaluate_digits` under the names the training eval logs (fd_digits is FD
+    against the train split; *_floor what as many real unseen digits score)."""
+    names = {
+        "fd_train": "fd_digits",
+        "fd_train_floor": "fd_digits_floor",
+        "fd_test": "fd_digits_test",
+        "fd_test_floor": "fd_digits_test_floor",
+        "kid_train": "kid_digits",
+        "kid_train_se": "kid_digits_se",
+        "precision": "precision",
+        "recall": "recall",
+        "memorization_rate": "memorization_rate",
+    }
+    return {new: float(evaluation[old]) for old, new in names.items()}
+
+
 def make_fd_digits(config, context):
     data_dir = config.data.data_dir
 
     def evaluate(state) -> dict:
         samples = eval_samples(state, config, context)
-        results = {"fd_digits": metrics.fd_digits(samples.images, data_dir=data_dir)}
+        results = digits_eval_metrics(metrics.evaluate_digits(samples.images, data_dir=data_dir))
         if config.model.num_classes:
             results.update(
                 class_metrics(samples.images, samples.labels, config.model.num_classes, data_dir)

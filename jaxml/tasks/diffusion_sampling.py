@@ -115,8 +115,9 @@ def run(
     """Samples `num_samples` images of a checkpoint into `out`; returns the info it writes.
 
     Writes out/samples_<start>.npz shards as the micro-batches come (images in [-1, 1],
-    labels, indices), out/samples.png (the first 256) and out/info.json (with FD-digits for
-    a digits model: then the images are also kept in memory, 256 bytes per 8×8 image).
+    labels, indices), out/samples.png (the first 256) and out/info.json (with
+    `metrics.evaluate_digits` for a digits model: then the images are also kept in memory,
+    256 bytes per 8×8 image).
     """
     if num_samples <= 0:
         raise cli.ConfigError(f"--num_samples={num_samples} must be positive")
@@ -171,7 +172,8 @@ def run(
         "seconds": time.perf_counter() - start_time,
     }
     if config.data.name == "digits":
-        info["fd_digits"] = metrics.fd_digits(images, data_dir=config.data.data_dir)
+        info["digits_evaluation"] = metrics.evaluate_digits(images, data_dir=config.data.data_dir)
+        info["fd_digits"] = info["digits_evaluation"]["fd_train"]
     if jax.process_index() == 0:
         save_image_grid(images[:256], out / "samples.png", scale=4)
         (out / "info.json").write_text(json.dumps(info, indent=2))

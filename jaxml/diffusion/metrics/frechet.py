@@ -178,8 +178,10 @@ def kid(
 # -----------------------------------------------------------------------------
 
 
-def _pairwise_distances(x: np.ndarray, y: np.ndarray, chunk: int = 2048):
-    """Yields (start, (chunk, len(y)) Euclidean distances) row block by row block."""
+def _pairwise_distances(x: np.ndarray, y: np.ndarray, max_block: int = 2**23):
+    """Yields (start, (rows, len(y)) Euclidean distances) row block by row block; blocks hold
+    at most `max_block` distances (64 MiB in float64), so memory does not grow with N."""
+    chunk = max(1, min(len(x), max_block // max(len(y), 1)))
     y_sq = (y * y).sum(1)
     for start in range(0, len(x), chunk):
         block = x[start : start + chunk]
