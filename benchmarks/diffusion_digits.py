@@ -70,7 +70,7 @@ def mean_se(values) -> tuple[float, float]:
     return float(values.mean()), float(se)
 
 
-def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out: Path | None):
+def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out, settings):
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=1)
     step = checkpointer.latest_step()
     config = ml_collections.ConfigDict(checkpointer.saved_config(step))
@@ -78,7 +78,7 @@ def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out: Pa
     network, ema_params = recipe.load_ema_params(checkpointer, step, config, mesh)
     checkpointer.close()
     rows = []
-    for label, sampler, overrides in SETTINGS:
+    for label, sampler, overrides in settings:
         c = config.copy_and_resolve_references()
         with c.unlocked():
             c.sampler.name = sampler
@@ -137,8 +137,19 @@ def main():
     parser.add_argument("--runs", nargs="+", required=True, type=Path)
     parser.add_argument("--num_samples", type=int, default=2048, help="images per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=[label for label, _, _ in SETTINGS],
+        help="labels of SETTINGS to run, e.g. 'heun N=18' 'restart N=18 K=2' (default: all)",
+    )
     args = parser.parse_args()
 
+    known = {label: (label, sampler, o) for label, sampler, o in SETTINGS}
+    unknown = [label for label in args.settings if label not in known]
+    if unknown:
+        parser.error(f"unknown --settings {unknown}; choose from {list(known)}")
+    settings = [known[label] for label in args.settings]
     reference = metrics.digits_reference_numbers()
     out = RESULTS / "diffusion_digits_cpu.json"
     previous = json.loads(out.read_text())["runs"] if out.exists() else []
@@ -159,6 +170,7 @@ def main():
                 args.num_samples,
                 args.seeds,
                 RESULTS / f"diffusion_digits_{name}_samples.png",
+                settings,
             )
         )
     done = {r["workdir"] for r in results["runs"]}  # runs evaluated earlier are kept

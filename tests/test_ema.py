@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jaxml import parallel, training
+from jaxml.training import ema
 from jaxml.training.ema import edm_ema_decay, ema_decay_from_halflife_steps, make_edm_ema_decay
 from jaxml.training.step import ema_update
 
@@ -103,3 +104,24 @@ def test_in_make_train_step():
         expected = beta * expected + (1 - beta) * params_t
     np.testing.assert_allclose(state.ema_params["w"], expected, rtol=1e-5)
     assert not np.allclose(state.ema_params["w"], state.params["w"])
+
+
+@pytest.mark.parametrize("sigma_rel", [0.063, 0.1, 0.15, 0.2])
+def test_rampup_ratio_for_sigma_rel_matches_the_simulated_profile(sigma_rel):
+    """The ramp-up EMA's averaging profile, from EDM's formula in NumPy (not our code), has
+    the EDM2 width asked for: std of the weights over time / training length."""
+    ratio = ema.rampup_ratio_for_sigma_rel(sigma_rel)
+    steps, batch = 20_000, 128
+    t = np.arange(steps, dtype=np.float64)
+    beta = 0.5 ** (batch / np.maximum(ratio * t * batch, 1e-8))  # half-life cap never reached
+    # Weight of the params after update i in the final EMA: (1 − β_i) ∏_{j>i} β_j.
+    with np.errstate(divide="ignore"):  # β_0 = 0: the first update is copied, log 0 unused
+        later = np.concatenate([np.cumsum(np.log(beta)[::-1])[::-1][1:], [0.0]])
+    weights = (1.0 - beta) * np.exp(later)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-6)
+    time = (t + 1) / steps
+    mean = (weights * time).sum()
+    measured = np.sqrt((weights * (time - mean) ** 2).sum())
+    assert measured == pytest.approx(sigma_rel, rel=0.03)
+    if sigma_rel == 0.063:
+        assert ratio == pytest.approx(0.05, rel=0.01)  # EDM's own setting

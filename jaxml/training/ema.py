@@ -66,3 +66,13 @@ def ema_decay_from_halflife_steps(halflife_steps: float) -> float:
     if not halflife_steps > 0:
         raise ValueError(f"halflife_steps must be positive, got {halflife_steps}.")
     return 0.5 ** (1.0 / halflife_steps)
+
+
+def rampup_ratio_for_sigma_rel(sigma_rel: float) -> float:
+    """EDM ramp-up ratio r whose EMA (while r · images seen is below the half-life cap) has
+    the EDM2 relative width `sigma_rel` (Karras et al. 2024): β_t = 0.5^(1/(r·t)) ≈
+    1 − ln 2/(r·t) is the power-function EMA β_t = (1 − 1/t)^(γ+1) with γ + 1 = ln 2 / r.
+    EDM's r = 0.05 is σ_rel ≈ 0.063."""
+    from jaxml.training.posthoc_ema import sigma_rel_to_gamma
+
+    return float(jnp.log(2.0) / (float(sigma_rel_to_gamma(sigma_rel)) + 1.0))
