@@ -8,6 +8,9 @@ extras, clear errors) and the FID plumbing; that its features are right is
 tests/test_fid.py's cross-check against pytorch-fid's own module (slow set).
 """
 
+import json
+from pathlib import Path
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -418,5 +421,20 @@ def test_evaluate_digits_on_real_copies_and_noise(digits_dirs):
     noise = np.random.default_rng(12).uniform(-1, 1, (512, 8, 8, 1)).astype(np.float32)
     bad = metrics.evaluate_digits(noise, **kwargs)
     assert bad["fd_train"] > 20 * bad["fd_train_floor"]
+
+    # The floor curves are kept on disk: a new process reads them, a corrupt file is redone.
+    from jaxml.diffusion.metrics import digits as digits_module
+
+    files = sorted(Path(cache_dir).glob("digits_fd_floor_*.json"))
+    assert len(files) == 2
+    for f in files:
+        f.write_text(json.dumps({"c": 1.0, "b": 0.0}))
+    digits_module._floor_curve_cached.cache_clear()
+    assert metrics.evaluate_digits(noise, **kwargs)["fd_train_floor"] == 1.0
+    for f in files:
+        f.write_text("{not json")
+    digits_module._floor_curve_cached.cache_clear()
+    again = metrics.evaluate_digits(noise, **kwargs)
+    assert again["fd_train_floor"] == pytest.approx(bad["fd_train_floor"], rel=1e-12)
     assert bad["kid_train"] > 10 * bad["kid_train_se"]
     assert bad["precision"] < 0.05 and bad["memorization_rate"] == 0.0

@@ -13,6 +13,8 @@ the scale (the real-data floor and the FD of pure noise).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -411,11 +413,30 @@ def fd_floor_curve(
 
 @functools.cache
 def _floor_curve_cached(cache: str, data_dir, held_out: str, reference: str, seed: int):
-    return fd_floor_curve(
-        _digits_split_features(cache, data_dir, held_out),
-        _digits_split_statistics(cache, data_dir, reference),
-        seed=seed,
-    )
+    """fd_floor_curve, also kept on disk (25 FDs of 512-d features: a minute on 2 cores, paid
+    once, not by every process). The key hashes the features themselves, so a retrained
+    classifier or other data can never reuse a stale floor."""
+    features = _digits_split_features(cache, data_dir, held_out)
+    stats = _digits_split_statistics(cache, data_dir, reference)
+    digest = hashlib.sha256()
+    for array in (features, *stats):
+        digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+    digest.update(f"{seed}".encode())
+    path = Path(cache) / f"digits_fd_floor_{digest.hexdigest()[:20]}.json"
+    try:
+        saved = json.loads(path.read_text())
+        return float(saved["c"]), float(saved["b"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: compute it
+    c, b = fd_floor_curve(features, stats, seed=seed)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"c": c, "b": b, "held_out": held_out, "reference": reference}))
+        os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+    except OSError as e:
+        logging.warning("could not cache the FD floor in %s (%s)", path, e)
+    return c, b
 
 
 def evaluate_digits(
