@@ -17,6 +17,7 @@ benchmarks/results/diffusion_digits_eval_cpu.json and a markdown table
 import argparse
 import glob
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def main():
         json.dumps(
             {
                 "benchmark": "benchmarks/diffusion_digits_eval.py",
+                "command": "python benchmarks/diffusion_digits_eval.py " + " ".join(sys.argv[1:]),
                 "feature_space": metrics.DIGITS_CLASSIFIER_VERSION,
                 "seconds": time.perf_counter() - start,
                 "note": "mean ± s.e. over latent seeds; floors: FD of N real unseen images "
