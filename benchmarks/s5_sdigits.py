@@ -34,6 +34,49 @@ def summary(runs: list[dict]) -> dict:
     }
 
 
+def learning_curve(metrics_jsonl: Path) -> dict:
+    """Every evaluation of a run: {"curve": {"step": [...], "val_accuracy": [...], ...}}."""
+    keys = ("val_accuracy", "test_accuracy", "val_loss")
+    curve = {"step": [], **{k: [] for k in keys}}
+    for line in metrics_jsonl.read_text().splitlines():
+        row = json.loads(line)
+        if "eval/val_accuracy" in row:
+            curve["step"].append(row["step"])
+            for k in keys:
+                curve[k].append(row.get(f"eval/{k}"))
+    return {"curve": curve}
+
+
+def plot(result: dict, path: Path):
+    """Validation accuracy per evaluation, one line per seed, one panel per config."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["runs"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for run in result["runs"][name]:
+            curve = run.get("curve")
+            if not curve:
+                continue
+            best = run["best_val"]
+            (line,) = ax.plot(curve["step"], curve["val_accuracy"], label=f"seed {run['seed']}")
+            ax.plot(best["step"], best["val_accuracy"], "o", color=line.get_color())
+        s = result["summary"][name]
+        ax.set_title(
+            f"{name}: test at best val {100 * s['mean']:.1f} ± {100 * s['sd']:.1f} %", fontsize=10
+        )
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -42,6 +85,7 @@ def main():
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (digits is generated)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/s5_sdigits_cpu.json"))
+    parser.add_argument("--png", default=None, help="default: --out with .png")
     parser.add_argument("overrides", nargs="*", help="extra --config.* flags for train.s5")
     args = parser.parse_args()
 
@@ -82,9 +126,13 @@ def main():
                 )
                 wall = time.perf_counter() - start
                 final = json.loads((Path(workdir) / "final_metrics.json").read_text())
-            runs.append({"seed": seed, "command": " ".join(cmd), "wall_time_s": wall, **final})
+                curve = learning_curve(Path(workdir) / "metrics.jsonl")
+            runs.append(
+                {"seed": seed, "command": " ".join(cmd), "wall_time_s": wall, **final, **curve}
+            )
             result["summary"][name] = summary(runs)
             Path(args.out).write_text(json.dumps(result, indent=2))
+            plot(result, Path(args.png or Path(args.out).with_suffix(".png")))
             print(
                 f"{name} seed {seed}: best-val test accuracy "
                 f"{final['best_val']['test_accuracy']:.4f} (step {final['best_val']['step']}), "
