@@ -86,6 +86,11 @@ def main():
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (digits is generated)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/s5_sdigits_cpu.json"))
     parser.add_argument("--png", default=None, help="default: --out with .png")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out and skip their (config, seed) pairs",
+    )
     parser.add_argument("overrides", nargs="*", help="extra --config.* flags for train.s5")
     args = parser.parse_args()
 
@@ -94,9 +99,10 @@ def main():
     ).stdout.strip()
     if not commit and (REPO / "COMMIT").exists():  # run from an exported copy of a commit
         commit = (REPO / "COMMIT").read_text().strip()
+    command = " ".join(["python", "benchmarks/s5_sdigits.py", *sys.argv[1:]])
     result = {
         "benchmark": "benchmarks/s5_sdigits.py",
-        "command": " ".join(["python", "benchmarks/s5_sdigits.py", *sys.argv[1:]]),
+        "command": [command],
         "commit": commit,
         "protocol": "test accuracy at the best validation accuracy (10% of train held out), "
         "evaluated every config.eval_every steps",
@@ -104,9 +110,16 @@ def main():
         "runs": {},
         "summary": {},
     }
+    if args.resume and Path(args.out).exists():
+        previous = json.loads(Path(args.out).read_text())
+        result["runs"], result["summary"] = previous["runs"], previous["summary"]
+        result["command"] = [*previous["command"], command]
     for name in args.configs:
         runs = result["runs"].setdefault(name, [])
         for seed in args.seeds:
+            if any(r["seed"] == seed for r in runs):
+                print(f"{name} seed {seed}: already in {args.out}, skipped", flush=True)
+                continue
             with tempfile.TemporaryDirectory() as workdir:
                 cmd = [
                     "python",
@@ -128,7 +141,14 @@ def main():
                 final = json.loads((Path(workdir) / "final_metrics.json").read_text())
                 curve = learning_curve(Path(workdir) / "metrics.jsonl")
             runs.append(
-                {"seed": seed, "command": " ".join(cmd), "wall_time_s": wall, **final, **curve}
+                {
+                    "seed": seed,
+                    "command": " ".join(cmd),
+                    "commit": commit,
+                    "wall_time_s": wall,
+                    **final,
+                    **curve,
+                }
             )
             result["summary"][name] = summary(runs)
             Path(args.out).write_text(json.dumps(result, indent=2))
