@@ -1,11 +1,15 @@
 """S5 on sequential digits (L = 1024) and its permuted variant: test accuracy at the
 best-validation evaluation (the S5 paper's protocol), over seeds, on a CPU.
 
-  python benchmarks/s5_sdigits.py --seeds 0 1 2        # 6 runs, ~2-7 min each on 2 cores
+  python benchmarks/s5_sdigits.py --seeds 0 1 2 -- --config.total_steps=1280
+      # 6 runs of 1280 steps (the configs' default), 8-14 min each on a shared 2-core CPU
+  python benchmarks/s5_sdigits.py --resume ...          # finish a partial sweep
 
 Runs `python -m train.s5 --config=train/configs/{s5_sdigits,s5_psdigits}.py` once per seed,
 sequentially, each in a fresh workdir, and writes benchmarks/results/s5_sdigits_cpu.json
-after every run (so a partial sweep is kept), with each run's command.
+after every run (so a partial sweep is kept), with each run's command and learning curve
+(validation / test accuracy at every evaluation), and the validation curves as a PNG next
+to it (--png).
 """
 
 import argparse
