@@ -35,7 +35,16 @@ def summary(runs: list[dict]) -> dict:
         "mean": statistics.mean(accs),
         "sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "last_test_accuracy": [r["last"]["test_accuracy"] for r in runs],
+        # Convergence: mean validation accuracy over the 3rd and the 4th quarter of the
+        # evaluations, per seed (a plateau: the two agree within the eval noise, 1/n_val).
+        "val_accuracy_quarters_3_4": [quarters_3_4(r) for r in runs if r.get("curve")],
     }
+
+
+def quarters_3_4(run: dict) -> list[float]:
+    val = run["curve"]["val_accuracy"]
+    q = len(val) // 4
+    return [statistics.mean(val[-2 * q : -q]), statistics.mean(val[-q:])]
 
 
 def learning_curve(metrics_jsonl: Path) -> dict:
@@ -58,7 +67,7 @@ def plot(result: dict, path: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["runs"])
+    names = sorted(result["runs"], key=lambda n: CONFIGS.index(n) if n in CONFIGS else 99)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         for run in result["runs"][name]:
@@ -74,6 +83,7 @@ def plot(result: dict, path: Path):
         )
         ax.set_xlabel("step")
         ax.set_ylabel("validation accuracy")
+        ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -95,8 +105,18 @@ def main():
         action="store_true",
         help="keep the runs already in --out and skip their (config, seed) pairs",
     )
+    parser.add_argument(
+        "--plot_only", action="store_true", help="recompute the summary and PNG of --out"
+    )
     parser.add_argument("overrides", nargs="*", help="extra --config.* flags for train.s5")
     args = parser.parse_args()
+    png = Path(args.png or Path(args.out).with_suffix(".png"))
+    if args.plot_only:
+        result = json.loads(Path(args.out).read_text())
+        result["summary"] = {name: summary(runs) for name, runs in result["runs"].items()}
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        plot(result, png)
+        return
 
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
@@ -156,7 +176,7 @@ def main():
             )
             result["summary"][name] = summary(runs)
             Path(args.out).write_text(json.dumps(result, indent=2))
-            plot(result, Path(args.png or Path(args.out).with_suffix(".png")))
+            plot(result, png)
             print(
                 f"{name} seed {seed}: best-val test accuracy "
                 f"{final['best_val']['test_accuracy']:.4f} (step {final['best_val']['step']}), "
