@@ -149,3 +149,53 @@ def test_char_encoder_equals_a_python_loop():
     for l_max in (1, 2, 5, 4000, 6000):
         expected = [vocab.index(ch) if ch in vocab else 1 for ch in text[: l_max - 1]] + [2]
         np.testing.assert_array_equal(encoder(text, l_max), expected)
+
+
+# The official one-hot widths (lindermanlab/S5 s5/dataloading.py, IN_DIM): ListOps 20
+# (state-spaces configs/dataset/listops.yaml: "max_vocab: 20 # Actual size 18"), IMDB 135
+# (hard-coded; state-spaces imdb.yaml "min_freq=15: vocab ~ 135"), AAN len(vocab) = 98
+# (state-spaces aan.yaml "Full size 98"). Lengths: l_max 2048 / 4096 / 4000 (lra.py).
+OFFICIAL = {"listops": (20, 2048), "imdb": (135, 4096), "aan": (98, 4000)}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
+def test_paper_configs_one_hot_width_and_length_are_the_official_ones(name):
+    import importlib
+
+    from jaxml.tasks import classification_config
+
+    config = importlib.import_module(f"train.configs.s5_{name}").get_config()
+    assert config.model.input_encoding == "one_hot"
+    assert classification_config.vocab_size(config) == OFFICIAL[name][0]
+    assert TASK_SPECS[name]["seq_len"] == OFFICIAL[name][1]
+
+
+def test_listops_full_symbol_set_is_18_tokens(tmp_path):
+    # All 15 LRA ListOps symbols (digits, the four operators, "]") -> 3 specials + 15.
+    source = "( [MAX 0 1 2 3 4 ( [MIN 5 6 ] ) ( [MED 7 8 ] ) ( [SM 9 ] ) ] )"
+    root = tmp_path / "listops-1000"
+    for split in ("train", "val", "test"):
+        write_tsv(root / f"basic_{split}.tsv", [(source, 3)], ["Source", "Target"])
+    sources.prepare("listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    vocab = json.loads((tmp_path / "out/listops/1.0.0/metadata.json").read_text())["vocab"]
+    assert len(vocab) == 18 < TASK_SPECS["listops"]["vocab_size"]
+
+
+def test_aan_printable_ascii_vocabulary_is_the_official_98(tmp_path):
+    # The release's texts are Python bytes literals (b'...'): printable ASCII only, kept as
+    # text (neither S5 nor the LRA pipeline decodes them). All 95 -> 3 specials + 95 = 98.
+    printable = "".join(chr(c) for c in range(32, 127))
+    root = tmp_path / "tsv_data"
+    row = ("1", "id1", "id2", f"b'{printable}'", "b'x'")
+    for split in ("train", "eval", "test"):
+        write_tsv(root / f"new_aan_pairs.{split}.tsv", [row])
+    sources.prepare("aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    vocab = json.loads((tmp_path / "out/aan/1.0.0/metadata.json").read_text())["vocab"]
+    assert len(vocab) == TASK_SPECS["aan"]["vocab_size"] == 98
+    assert _records("aan", "test", tmp_path / "out")[0]["tokens"].max() < 98
+    # One more character than the official release can hold is not the official release.
+    write_tsv(root / "new_aan_pairs.train.tsv", [row[:4] + ("b'\u00e9'",)])
+    with pytest.raises(ValueError, match="more than the official 98"):
+        sources.prepare(
+            "aan", str(tmp_path / "out2"), allow_download=True, manual_dir=str(tmp_path)
+        )

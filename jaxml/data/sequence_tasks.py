@@ -69,9 +69,12 @@ TASK_SPECS = {
     ),
     "listops": dict(
         # The loader's vocabulary has 18 entries (<pad>, <unk>, <eos>, 10 digits,
-        # [MIN [MAX [MED [SM and X for "]"); the official S5 embeds with 20 rows.
+        # [MIN [MAX [MED [SM and X for "]"); the official S5 one-hot encodes 20 (IN_DIM = 20
+        # in s5/dataloading.py; state-spaces max_vocab 20, "Actual size 18").
         vocab_size=20,
         num_classes=10,
+        # S5 / state-spaces l_max 2048 (2047 tokens + <eos>). Deliberately not the original
+        # LRA pipeline's max_length 2000 (no <eos>): the S5 paper's number used 2048.
         seq_len=2048,
         channels=None,
         has_validation=True,
@@ -80,7 +83,10 @@ TASK_SPECS = {
         official_sizes=dict(train=96000, validation=2000, test=2000),
     ),
     "imdb": dict(
-        # Characters seen >= 15 times in train + <pad>, <unk>, <eos>: 135 (S5's IN_DIM).
+        # Characters (code points, Python list(text)) seen >= 15 times in train + <pad>, <unk>,
+        # <eos>: 135 (S5's hard-coded IN_DIM; state-spaces "min_freq=15: vocab ~ 135").
+        # Deliberately not the original LRA's ByteTextEncoder (UTF-8 bytes, 257 ids, length
+        # 1000-4000): the S5 paper ran the state-spaces loader.
         vocab_size=135,
         num_classes=2,
         seq_len=4096,
@@ -91,9 +97,11 @@ TASK_SPECS = {
         official_sizes=dict(train=25000, test=25000),
     ),
     "aan": dict(
-        # Every character in train (both documents) + 3 specials: 98 in the release;
-        # ids are checked < 100 (state-spaces' max_vocab).
-        vocab_size=100,
+        # Every character in train (both documents) + 3 specials. The release's texts are
+        # Python bytes literals (b'...', printable ASCII only): 95 + 3 = 98, state-spaces'
+        # "Full size 98". S5 one-hot encodes len(vocab) = 98 (IN_DIM in s5/dataloading.py);
+        # state-spaces embeds 100 rows (max_vocab), which we do not follow.
+        vocab_size=98,
         num_classes=2,
         seq_len=4000,
         channels=None,

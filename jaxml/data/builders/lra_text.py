@@ -17,6 +17,14 @@ Records store the ids zero-padded (<pad> = 0) to l_max as uint8 plus the true le
   aan      new_aan_pairs.{train,eval,test}.tsv from lra_release/tsv_data, no header,
            columns label, id1, id2, text1, text2; characters, l_max 4000 per document,
            vocabulary from both train documents (98). Splits 147086 / 18090 / 17437.
+           The texts are Python bytes literals (b'...', printable ASCII) and stay so: the
+           official loaders do not decode them either. No quote handling (LRA reads with
+           use_quote_delim=False; S5's pandas reader only quotes a field that starts with
+           '"', which b'...' never does).
+
+Deliberate differences from the original LRA pipelines (google-research/long-range-arena):
+ListOps there is cut at 2000 tokens without <eos>, Text is UTF-8 bytes (ByteTextEncoder)
+cut at 1000-4000; we follow the S5 paper's loaders (state-spaces, above).
 """
 
 import collections
