@@ -62,10 +62,10 @@ def _cifar():
 
 # name -> (config factory, batch size, steps per turn, turns)
 CASES = {
-    "digits_small": (_digits("digits_small", 8), 128, 5, 5),
-    "unet4m_8x8": (_digits("digits_small", 8, model_channels=64, num_blocks=2), 32, 3, 5),
-    "unet7m_16x16": (_digits("digits16_small", 16, model_channels=64, num_blocks=2), 32, 2, 5),
-    "cifar10_ddpmpp": (_cifar, 8, 1, 3),
+    "digits_small": (_digits("digits_small", 8), 128, 5, 3),
+    "unet4m_8x8": (_digits("digits_small", 8, model_channels=64, num_blocks=2), 32, 3, 3),
+    "unet7m_16x16": (_digits("digits16_small", 16, model_channels=64, num_blocks=2), 32, 2, 3),
+    "cifar10_ddpmpp": (_cifar, 8, 1, 2),
 }
 
 
