@@ -15,6 +15,12 @@ from jaxml.models.unet import UNet
 
 torch = pytest.importorskip("torch")
 
+# Faster XLA:CPU compilation of the forward pass (as in tests/test_unet.py); same values.
+FAST_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+    "xla_cpu_use_fusion_emitters": False,
+}
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -81,7 +87,8 @@ def test_torch_port_matches_flax_forward(port, options):
     aug = rng.normal(size=(3, 9)).astype(np.float32) if options.get("augment_dim") else None
     params = random_params(model, jnp.asarray(x), jnp.asarray(c_noise), labels)
     kwargs = {} if aug is None else {"augment_labels": jnp.asarray(aug)}
-    ours = np.asarray(model.apply({"params": params}, x, c_noise, labels, **kwargs))
+    apply = jax.jit(model.apply, compiler_options=FAST_COMPILE)
+    ours = np.asarray(apply({"params": params}, x, c_noise, labels, **kwargs))
 
     net = port.TorchUNet(res, 2, dropout=0.0, **options)
     load_flax_params = port.load_flax_params
@@ -99,6 +106,7 @@ def test_torch_port_matches_flax_forward(port, options):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # traces CIFAR-10's 55.7M U-Net: ~40 s on a busy 2-core CPU
 def test_benchmark_configs_have_equal_parameter_counts(port, throughput):
     """The four benchmark U-Nets: the same parameter count in both (and the issue's sizes)."""
     expected = {
