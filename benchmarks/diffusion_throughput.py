@@ -1,7 +1,7 @@
 """Diffusion U-Net training throughput (images/s), jaxml vs a PyTorch peer, side by side.
 
-  python benchmarks/diffusion_throughput.py --section=before   # today's code, first
-  python benchmarks/diffusion_throughput.py --section=after    # after a change
+  python benchmarks/diffusion_throughput.py --section=before   # from a checkout of the old code
+  python benchmarks/diffusion_throughput.py --section=after    # the new code
   python benchmarks/diffusion_throughput.py --cases=digits_small --repeats=3 --section=scratch
 
 Four U-Nets (the issue-18 configs): digits_small (189k params, 8x8, batch 128), a 4.1M 8x8
@@ -19,7 +19,10 @@ jobs on a shared machine hits both alike; the median step time gives images/s. T
 call of each (jax: trace + compile + step; torch: step) is reported separately. Writes the
 section into benchmarks/results/diffusion_throughput_<backend>.json (other sections are
 kept) and redraws the PNG next to it. Absolute numbers mean something only on the machine
-named in the JSON; the ratio is what to read.
+named in the JSON; the ratio is what to read. On a machine that other jobs keep busy
+(load average well above the core count) PyTorch's 2-thread step slowed down far more than
+XLA's (digits_small at load ~9: 15 img/s against ~1,500 on a quiet machine; its OpenMP
+threads synchronise at every op): read the load averages in the JSON before the ratio.
 """
 
 import argparse
