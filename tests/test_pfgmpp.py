@@ -162,3 +162,19 @@ def test_restart_jump_large_D_is_gaussian_increment():
     std = np.sqrt(t_max**2 - t_min**2)
     assert stats.kstest(out.ravel() / std, stats.norm.cdf).pvalue > 0.01
     np.testing.assert_allclose(out.std(), std, rtol=0.02)
+
+
+@pytest.mark.parametrize("D", [1, 7, 128, 2048, 10_000])
+def test_chi_square_sum_and_gamma_paths_follow_chi2(D):
+    """A static integer D takes the loop-free sum (D > MAX_SUM_DEGREES: the gamma path)."""
+    g = np.asarray(jax.jit(lambda key: pfgmpp.chi_square(key, D, (20000,)))(jax.random.key(D)))
+    assert g.dtype == np.float32 and np.all(np.isfinite(g)) and np.all(g > 0)
+    assert stats.kstest(g, stats.chi2(D).cdf).pvalue > 0.01
+
+
+def test_static_D_noise_follows_f_distribution():
+    """The train step passes D as a Python number: the kernel it draws is still F(N, D)."""
+    D, sigma = 128, 0.7
+    y = jnp.zeros((DRAWS,) + SHAPE, jnp.float32)
+    n = jax.jit(lambda key: pfgmpp.sample_noise(key, y.shape, sigma, D))(jax.random.key(5))
+    assert stats.kstest(_sq_norm_ratio(n, sigma), stats.f(N, D).cdf).pvalue > 0.01

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding
 
 from jaxml.training.posthoc_ema import update_power_ema
 from jaxml.training.state import TrainState
+from jaxml.training.xla_cpu_options import train_step_compiler_options
 
 # loss_fn(params, model_state, batch, rng) -> (loss, (new_model_state, metrics))
 LossFn = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, tuple[Any, dict]]]
@@ -48,43 +49,58 @@ def make_train_step(
         rng = jax.random.fold_in(state.rng, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params = state.ema_params
-        if ema_params is not None and ema_decay is not None:
-            decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
-            ema_params = ema_update(ema_params, params, decay)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        def update(operands):
+            params, opt_state, ema_params, model_state, grads = operands
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            if ema_params is not None and ema_decay is not None:
+                decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
+                ema_params = ema_update(ema_params, params, decay)
+            return params, opt_state, ema_params, model_state
+
+        def keep(operands):
+            return operands[:4]
+
+        # One conditional rather than a select per leaf: jnp.where(finite, new, old) on the
+        # donated state made XLA copy every state leaf first (its old value outlives the
+        # in-place update) and compile a select kernel per leaf.
+        params, opt_state, ema_params, model_state = jax.lax.cond(
+            finite,
+            update,
+            keep,
+            (state.params, state.opt_state, state.ema_params, state.model_state, grads),
+        )
         nonfinite_count = state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32)
         first_nonfinite = jnp.where(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         )
         posthoc_ema = state.posthoc_ema
         if posthoc_ema is not None:  # from the kept params: a skipped update averages the old
-            posthoc_ema = update_power_ema(
-                posthoc_ema, keep_finite(params, state.params), state.step + 1
-            )
+            posthoc_ema = update_power_ema(posthoc_ema, params, state.step + 1)
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm}
         metrics["nonfinite_count"] = nonfinite_count
         new_state = state.replace(
             step=state.step + 1,
-            params=keep_finite(params, state.params),
-            opt_state=keep_finite(opt_state, state.opt_state),
-            model_state=keep_finite(model_state, state.model_state),
-            ema_params=keep_finite(ema_params, state.ema_params),
+            params=params,
+            opt_state=opt_state,
+            model_state=model_state,
+            ema_params=ema_params,
             nonfinite_count=nonfinite_count,
             first_nonfinite_step=first_nonfinite.astype(jnp.int32),
             posthoc_ema=posthoc_ema,
         )
         return new_state, metrics
 
+    platform = batch_sharding.mesh.devices.flat[0].platform
     return jax.jit(
         train_step,
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=(0,),
+        compiler_options=train_step_compiler_options(platform),
     )
 
 
