@@ -20,9 +20,11 @@ def _toy_step_and_state():
         err = params["w"] * batch["x"] - batch["y"]
         # A poisoned batch makes the loss (and every gradient) NaN, as a bad record would.
         loss = jnp.mean(err**2) * jnp.where(batch["poison"][0], jnp.nan, 1.0)
-        return loss, (model_state, {})
+        # Like BatchNorm's running statistics: a count of the updates that were applied.
+        counted = {"stats": {"updates": model_state["stats"]["updates"] + 1}}
+        return loss, (counted, {})
 
-    init_fn = lambda rng: {"params": {"w": jnp.arange(3.0)}}
+    init_fn = lambda rng: {"params": {"w": jnp.arange(3.0)}, "stats": {"updates": jnp.zeros(())}}
     state, shardings = training.create_train_state(
         init_fn, tx, jax.random.PRNGKey(0), mesh, use_ema=True
     )
@@ -69,6 +71,8 @@ def test_nonfinite_step_keeps_state_and_counts():
             np.testing.assert_allclose(state.params["w"], w, rtol=1e-6)
             np.testing.assert_allclose(state.ema_params["w"], ema, rtol=1e-6)
         assert int(metrics["nonfinite_count"]) == sum(poison[: i + 1])
+        # The model state (e.g. BatchNorm statistics) moves with the applied updates only.
+        assert float(state.model_state["stats"]["updates"]) == i + 1 - sum(poison[: i + 1])
     assert int(state.step) == len(poison)
     assert int(state.nonfinite_count) == 3
     assert int(state.first_nonfinite_step) == 1  # 0-based index of the step that ran

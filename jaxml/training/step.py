@@ -53,16 +53,16 @@ def make_train_step(
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def update(operands):
-            params, opt_state, ema_params, model_state, grads = operands
+            params, opt_state, ema_params, _, new_model_state, grads = operands
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if ema_params is not None and ema_decay is not None:
                 decay = ema_decay(state.step) if callable(ema_decay) else ema_decay
                 ema_params = ema_update(ema_params, params, decay)
-            return params, opt_state, ema_params, model_state
+            return params, opt_state, ema_params, new_model_state
 
         def keep(operands):
-            return operands[:4]
+            return operands[:4]  # the old model state too (e.g. BatchNorm statistics)
 
         # One conditional rather than a select per leaf: jnp.where(finite, new, old) on the
         # donated state made XLA copy every state leaf first (its old value outlives the
@@ -71,7 +71,14 @@ def make_train_step(
             finite,
             update,
             keep,
-            (state.params, state.opt_state, state.ema_params, state.model_state, grads),
+            (
+                state.params,
+                state.opt_state,
+                state.ema_params,
+                state.model_state,
+                model_state,
+                grads,
+            ),
         )
         nonfinite_count = state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32)
         first_nonfinite = jnp.where(
