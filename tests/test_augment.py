@@ -105,6 +105,7 @@ def test_rotation_labels_are_cos_sin_of_one_angle():
     assert np.abs(sin).max() > 0.5
 
 
+@pytest.mark.slow  # ~4 min on a loaded 2-core CPU; tests/test_augment_training.py covers the path
 def test_augment_labels_reach_the_unet():
     net = UNet(
         model_channels=16,

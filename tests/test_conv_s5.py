@@ -158,6 +158,7 @@ def _video_models():
     return [s5, lstm]
 
 
+@pytest.mark.slow  # ~2.5 min on a loaded 2-core CPU; test_step_mode_matches_parallel: the layer
 @pytest.mark.parametrize("model", _video_models(), ids=["conv_s5", "conv_lstm"])
 def test_video_model_prefill_then_step_equals_parallel_and_is_causal(model):
     frames = jax.random.uniform(jax.random.PRNGKey(0), (2, 7, 8, 8, 1))

@@ -102,7 +102,10 @@ def test_resume_is_exact(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("variant", ["convs5", pytest.param("convlstm", marks=pytest.mark.slow)])
+# Both slow (~3 min each on a loaded 2-core CPU); the 1-vs-8-device equality of the S5 and
+# diffusion tasks stays in the default suite.
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["convs5", "convlstm"])
 def test_one_device_equals_eight_devices(data_dir, variant):
     """One train step on the same global batch: same loss and parameters on 1 and 8 devices."""
     results = []

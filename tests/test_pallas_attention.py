@@ -222,6 +222,7 @@ def test_kernel_runs_per_device_under_a_mesh(monkeypatch):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.slow  # ~3 min on a loaded 2-core CPU (interpreted Triton kernel inside a U-Net)
 def test_unet_output_with_each_impl_equals_the_reference_impl(monkeypatch):
     """The whole U-Net with its attention (16 tokens, head_dim 16) through each impl equals
     the same network with the plain-jnp reference attention. "pallas_gpu" runs the Triton
