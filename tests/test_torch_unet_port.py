@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_unet import random_params  # host-drawn params with no zero-initialised layer
 
 from jaxml.diffusion import recipe
 from jaxml.models.unet import UNet
@@ -40,23 +41,6 @@ def port():
 @pytest.fixture(scope="module")
 def throughput(port):
     return _load("diffusion_throughput_benchmark", BENCHMARKS / "diffusion_throughput.py")
-
-
-def random_params(model, x, c_noise, labels=None, seed=0):
-    """Host-drawn params of the model's shapes, no near-zero layer, so every path carries
-    signal (drawn with NumPy: nothing to compile)."""
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, c_noise, labels)["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = jax.tree_util.keystr(path[-1:])
-        if "kernel" in name:
-            return rng.normal(size=s.shape).astype(np.float32) / np.sqrt(np.prod(s.shape[:-1]))
-        if "scale" in name:
-            return (1 + 0.1 * rng.normal(size=s.shape)).astype(np.float32)
-        return (0.1 * rng.normal(size=s.shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.mark.parametrize(

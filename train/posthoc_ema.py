@@ -69,13 +69,18 @@ def run_config(workdir, config, argv) -> ml_collections.ConfigDict:
     return merged
 
 
-def score(config, params, seeds, num_samples, mesh) -> dict:
+def make_sampler(config):
+    """The config's sampler, built (and compiled) once for every width scored."""
+    from jaxml.diffusion import recipe
+
+    return recipe.make_sample_fn(recipe.build_network(config.model), config)
+
+
+def score(config, sample_fn, params, seeds, num_samples, mesh) -> dict:
     """`metrics.evaluate_digits` of `num_samples` images per seed (the config's sampler):
     FD-digits and KID per seed, their mean ± s.e., and FD's floor at that N."""
     from jaxml.diffusion import metrics, recipe
 
-    network = recipe.build_network(config.model)
-    sample_fn = recipe.make_sample_fn(network, config)
     evaluations = []
     for seed in seeds:
         images, _ = recipe.sample_images(
@@ -197,15 +202,18 @@ def main(config, workdir):
         print(f"post-hoc EMA params for σ_rel {list(sigma_rels)} at step {step} in {out}")
         return
     mesh = parallel.make_mesh(config.mesh)
+    sample_fn = make_sampler(config)
     for sigma, params in reconstructed.items():
-        row = {"sigma_rel": sigma, **score(config, params, seeds, fl.num_samples, mesh)}
+        row = {"sigma_rel": sigma, **score(config, sample_fn, params, seeds, fl.num_samples, mesh)}
         results["posthoc"].append(row)
         log.info(
             "σ_rel %.3f: FD-digits %.3f ± %.3f", sigma, row["fd_digits_mean"], row["fd_digits_se"]
         )
     ref_params = checkpoint_ema(workdir, config, step, mesh)
     if ref_params is not None:
-        results["checkpoint_ema"] = score(config, ref_params, seeds, fl.num_samples, mesh)
+        results["checkpoint_ema"] = score(
+            config, sample_fn, ref_params, seeds, fl.num_samples, mesh
+        )
     add_paired_differences(results)
     if jax.process_index() == 0:
         (out / "fd_vs_sigma_rel.json").write_text(json.dumps(results, indent=2))
