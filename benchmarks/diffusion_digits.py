@@ -1,16 +1,18 @@
 """Trained digits models: FD-digits vs NFE per sampler, FD vs training step, PFGM++ vs EDM.
 
-  python -m train.diffusion --workdir=runs/diffusion_pfgmpp
+  python -m train.diffusion --workdir=runs/diffusion_pfgmpp --config.checkpoint_keep_period=500
   python -m train.diffusion --workdir=runs/diffusion_edm \
-      --config=train/configs/diffusion_digits.py:edm
-  python benchmarks/diffusion_digits.py --runs runs/diffusion_pfgmpp runs/diffusion_edm
+      --config=train/configs/diffusion_digits.py:edm --config.checkpoint_keep_period=500
+  python benchmarks/diffusion_digits.py --runs runs/diffusion_pfgmpp runs/diffusion_edm@500
 
 Samples `--num_samples` images per latent seed (`--seeds`, the same latents for every
-sampler, so differences between samplers are paired) from each run's last EMA checkpoint
-with Heun, EDM-stochastic and Restart at several NFE, scores each set with
+sampler, so differences between samplers are paired) from each run's EMA checkpoint (the
+last one, or `dir@step`) with Heun, EDM-stochastic and Restart at several NFE (including the
+official Restart repo's settings, `--settings`), scores each set with
 `metrics.evaluate_digits` (FD against train with its floor at the same N, KID) and reports
-mean ± s.e. over the seeds. Writes benchmarks/results/diffusion_digits_cpu.json and
-diffusion_digits_cpu.png.
+mean ± s.e. over the seeds. `--weight_bits 0 6 4` also scores every setting with the weights
+quantised to 6 and 4 bits (PFGM++'s robustness-to-model-error study). Writes
+benchmarks/results/<out>_cpu.json (runs scored earlier are kept) and <out>_cpu.png.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
@@ -35,15 +38,13 @@ from jaxml.training.checkpoint import Checkpointer  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # (label, sampler, overrides of config.sampler)
+STOCHASTIC = {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}
 SETTINGS = [
-    *[(f"heun N={n}", "heun", {"num_steps": n}) for n in (5, 10, 18, 35)],
+    # N = 22 and 38 give NFE 43 and 75, the official Restart settings' NFE below.
+    *[(f"heun N={n}", "heun", {"num_steps": n}) for n in (5, 10, 18, 22, 35, 38)],
     *[
-        (
-            f"stochastic N={n}",
-            "stochastic",
-            {"num_steps": n, "S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003},
-        )
-        for n in (5, 10, 18, 35)
+        (f"stochastic N={n}", "stochastic", {"num_steps": n, **STOCHASTIC})
+        for n in (5, 10, 18, 22, 35, 38)
     ],
     *[
         (
@@ -59,9 +60,50 @@ SETTINGS = [
             "restart",
             {"num_steps": 18, "restart_intervals": ((3, k, 0.06, 0.30),)},
         )
-        for k in (1, 2, 5)
+        for k in (1, 2, 5, 10)
     ],
+    # The official repo's settings (Newbeeer/diffusion_restart_sampling, benchmarks/
+    # params_cifar10_pfgmpp.txt and the README's ImageNet-64 EDM example): [N_R, K, t_min, t_max].
+    (
+        "restart official cifar10 (NFE 43)",
+        "restart",
+        {"num_steps": 18, "restart_intervals": ((3, 2, 0.14, 0.30),)},
+    ),
+    (
+        "restart official imagenet (NFE 203)",
+        "restart",
+        {
+            "num_steps": 36,
+            "restart_intervals": (
+                (4, 1, 19.35, 40.79),
+                (4, 1, 1.09, 1.92),
+                (4, 5, 0.59, 1.09),
+                (4, 5, 0.30, 0.59),
+                (6, 6, 0.06, 0.30),
+            ),
+        },
+    ),
 ]
+
+
+def quantize_weights(params, bits: int):
+    """Post-training quantisation as in PFGM++'s robustness study: every weight tensor (ndim
+    >= 2) rounded to a symmetric uniform grid of 2^(bits-1) - 1 levels per sign, scaled by
+    its largest magnitude; biases and norm scales stay in float."""
+
+    def one(w):
+        if w.ndim < 2:
+            return w
+        step = jnp.max(jnp.abs(w)) / (2 ** (bits - 1) - 1)
+        return jnp.where(step > 0, jnp.round(w / jnp.where(step > 0, step, 1.0)) * step, w)
+
+    return jax.tree.map(one, params)
+
+
+def parse_run(text: str) -> tuple[Path, int | None]:
+    """'runs/x' (last checkpoint) or 'runs/x@500' (checkpoint 500)."""
+    path, _, step = text.partition("@")
+    return Path(path), int(step) if step else None
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -70,9 +112,21 @@ def mean_se(values) -> tuple[float, float]:
     return float(values.mean()), float(se)
 
 
-def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out, settings):
+def evaluate_run(
+    workdir: Path,
+    step: int | None,
+    num_samples: int,
+    seeds: list[int],
+    grid_out,
+    settings,
+    weight_bits=(0,),
+):
+    """Scores checkpoint `step` (None: the last) with each setting, for each weight precision
+    in `weight_bits` (0: the float weights; b: quantize_weights(b))."""
     checkpointer = Checkpointer(workdir / "checkpoints", save_every=1)
-    step = checkpointer.latest_step()
+    step = checkpointer.latest_step() if step is None else step
+    if step not in checkpointer.all_steps():
+        raise SystemExit(f"{workdir}: no checkpoint {step}; saved: {checkpointer.all_steps()}")
     config = ml_collections.ConfigDict(checkpointer.saved_config(step))
     mesh = parallel.make_mesh(config.mesh)
     network, ema_params = recipe.load_ema_params(checkpointer, step, config, mesh)
@@ -83,35 +137,39 @@ def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out, se
         with c.unlocked():
             c.sampler.name = sampler
             c.sampler.update(overrides)
-        start = time.perf_counter()
-        sample_fn = recipe.make_sample_fn(network, c)
-        evaluations = []
-        for seed in seeds:
-            images, nfe = recipe.sample_images(
-                sample_fn,
-                ema_params,
-                jax.random.PRNGKey(seed),
-                c,
-                num_samples,
-                batch_sharding=parallel.batch_sharding(mesh),
-                replicated=parallel.replicated(mesh),
+        sample_fn = recipe.make_sample_fn(network, c)  # compiled once, reused for all weights
+        for bits in weight_bits:
+            params = ema_params if not bits else quantize_weights(ema_params, bits)
+            start = time.perf_counter()
+            evaluations = []
+            for seed in seeds:
+                images, nfe = recipe.sample_images(
+                    sample_fn,
+                    params,
+                    jax.random.PRNGKey(seed),
+                    c,
+                    num_samples,
+                    batch_sharding=parallel.batch_sharding(mesh),
+                    replicated=parallel.replicated(mesh),
+                )
+                evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
+                if grid_out and label == "restart N=18 K=2" and seed == seeds[0] and not bits:
+                    save_image_grid(images[:100], grid_out, scale=4)
+            row = {"setting": label, "sampler": sampler, "nfe": nfe, "weight_bits": bits}
+            for key in ("fd_train", "kid_train", "precision", "recall"):
+                row[key], row[key + "_se"] = mean_se([e[key] for e in evaluations])
+                row[key + "_per_seed"] = [float(e[key]) for e in evaluations]
+            row["fd_train_floor"] = float(evaluations[0]["fd_train_floor"])
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            weights = f"{bits}-bit" if bits else "float"
+            print(
+                f"{workdir.name}@{step}: {label:36s} {weights:6s} NFE {nfe:3d}  "
+                f"FD {row['fd_train']:7.3f} ± {row['fd_train_se']:.3f} "
+                f"(floor {row['fd_train_floor']:.3f})  "
+                f"KID×10³ {1e3 * row['kid_train']:.2f} ± {1e3 * row['kid_train_se']:.2f}",
+                flush=True,
             )
-            evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
-            if grid_out is not None and label == "restart N=18 K=2" and seed == seeds[0]:
-                save_image_grid(images[:100], grid_out, scale=4)
-        row = {"setting": label, "sampler": sampler, "nfe": nfe}
-        for key in ("fd_train", "kid_train", "precision", "recall"):
-            row[key], row[key + "_se"] = mean_se([e[key] for e in evaluations])
-            row[key + "_per_seed"] = [float(e[key]) for e in evaluations]
-        row["fd_train_floor"] = float(evaluations[0]["fd_train_floor"])
-        row["seconds"] = time.perf_counter() - start
-        rows.append(row)
-        print(
-            f"{workdir.name}: {label:22s} NFE {nfe:3d}  FD {row['fd_train']:7.3f} "
-            f"± {row['fd_train_se']:.3f} (floor {row['fd_train_floor']:.3f})  "
-            f"KID×10³ {1e3 * row['kid_train']:.2f} ± {1e3 * row['kid_train_se']:.2f}",
-            flush=True,
-        )
     history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     num_eval = config.eval.num_samples  # the training eval's N (its own floor differs)
     fd_vs_step = [
@@ -130,11 +188,93 @@ def evaluate_run(workdir: Path, num_samples: int, seeds: list[int], grid_out, se
     }
 
 
+def merge_runs(previous: list[dict], new: list[dict]) -> list[dict]:
+    """Runs scored earlier are kept; a checkpoint scored again keeps its earlier rows except
+    those of the same (setting, weight bits), which the new scores replace."""
+    merged = {(r["workdir"], r["step"]): r for r in previous}
+    for run in new:
+        key = (run["workdir"], run["step"])
+        if key in merged:
+            fresh = {(r["setting"], r.get("weight_bits", 0)) for r in run["samplers"]}
+            old_rows = [
+                r
+                for r in merged[key]["samplers"]
+                if (r["setting"], r.get("weight_bits", 0)) not in fresh
+            ]
+            run = {**run, "samplers": old_rows + run["samplers"]}
+        merged[key] = run
+    return list(merged.values())
+
+
+def run_label(run: dict) -> str:
+    d = "∞ (EDM)" if run["D"] is None else run["D"]
+    return f"D={d} step {run['step']}"
+
+
+def plot(results: dict, path: Path) -> None:
+    """FD vs NFE per run and sampler (float weights); beside it FD vs weight bits where
+    quantised weights were scored, else the training evals' FD vs step."""
+    quantised = any(r.get("weight_bits") for run in results["runs"] for r in run["samplers"])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in results["runs"]:
+        rows = [r for r in run["samplers"] if not r.get("weight_bits")]
+        for sampler, marker in (("heun", "o"), ("stochastic", "s"), ("restart", "^")):
+            pts = sorted(
+                (r["nfe"], r["fd_train"], r["fd_train_se"]) for r in rows if r["sampler"] == sampler
+            )
+            if pts:
+                x, y, err = zip(*pts)
+                axes[0].errorbar(
+                    x, y, yerr=err, marker=marker, capsize=2, label=f"{run_label(run)} {sampler}"
+                )
+        if quantised:
+            for setting in dict.fromkeys(r["setting"] for r in run["samplers"]):
+                pts = sorted(
+                    (r.get("weight_bits") or 32, r["fd_train"], r["fd_train_se"])
+                    for r in run["samplers"]
+                    if r["setting"] == setting
+                )
+                if len(pts) > 1:
+                    x, y, err = zip(*pts)
+                    axes[1].errorbar(
+                        x, y, yerr=err, marker="o", capsize=2, label=f"{run_label(run)} {setting}"
+                    )
+        else:
+            steps = [(r["step"], r["fd_digits"]) for r in run["fd_vs_training_step"]]
+            axes[1].plot(*zip(*steps), marker="o", label=f"{run_label(run)} (Restart, EMA)")
+    floor = results["runs"][-1]["samplers"][0]["fd_train_floor"]
+    n, seeds = results["num_samples"], len(results["seeds"])
+    for ax in axes:
+        ax.axhline(floor, color="gray", ls="--", label=f"real digits, N={n}")
+        ax.set_yscale("log")
+        ax.legend(fontsize=6)
+    axes[0].set(
+        xlabel="NFE",
+        ylabel=f"FD-digits (N={n}, mean ± s.e., {seeds} seeds)",
+        title="FD-digits vs NFE (EMA weights)",
+    )
+    if quantised:
+        axes[1].set(
+            xscale="log",
+            xlabel="weight bits (32: float)",
+            ylabel="FD-digits",
+            title="robustness to post-training weight quantisation",
+        )
+    else:
+        axes[1].set(
+            xlabel="training step", ylabel="FD-digits (training eval's N)", title="training evals"
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", nargs="+", required=True, type=Path)
+    parser.add_argument(
+        "--runs", nargs="+", required=True, help="workdirs; 'dir@500' scores checkpoint 500"
+    )
     parser.add_argument("--num_samples", type=int, default=2048, help="images per seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
@@ -143,15 +283,31 @@ def main():
         default=[label for label, _, _ in SETTINGS],
         help="labels of SETTINGS to run, e.g. 'heun N=18' 'restart N=18 K=2' (default: all)",
     )
+    parser.add_argument(
+        "--weight_bits",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="score each setting with the float weights (0) and/or weights quantised to b bits",
+    )
+    parser.add_argument(
+        "--out", default="diffusion_digits", help="results name: benchmarks/results/<out>_cpu.*"
+    )
     args = parser.parse_args()
 
     known = {label: (label, sampler, o) for label, sampler, o in SETTINGS}
     unknown = [label for label in args.settings if label not in known]
     if unknown:
         parser.error(f"unknown --settings {unknown}; choose from {list(known)}")
+    if any(b < 0 or b == 1 or b > 16 for b in args.weight_bits):
+        parser.error(f"--weight_bits: 0 (float) or 2..16, got {args.weight_bits}")
+    runs = [parse_run(text) for text in args.runs]
+    missing = [str(w) for w, _ in runs if not (w / "checkpoints").is_dir()]
+    if missing:
+        parser.error(f"no checkpoints/ in {missing}")
     settings = [known[label] for label in args.settings]
     reference = metrics.digits_reference_numbers()
-    out = RESULTS / "diffusion_digits_cpu.json"
+    out = RESULTS / f"{args.out}_{jax.default_backend()}.json"
     previous = json.loads(out.read_text())["runs"] if out.exists() else []
     # Runs scored before the multi-seed evaluation (one FD-digits per setting) are dropped.
     previous = [r for r in previous if all("fd_train" in row for row in r["samplers"])]
@@ -164,49 +320,23 @@ def main():
         "reference": reference,
         "runs": [],
     }
-    for workdir in args.runs:
-        name = workdir.name
+    for workdir, step in runs:
         results["runs"].append(
             evaluate_run(
                 workdir,
+                step,
                 args.num_samples,
                 args.seeds,
-                RESULTS / f"diffusion_digits_{name}_samples.png",
+                RESULTS / f"{args.out}_{workdir.name}_samples.png",
                 settings,
+                args.weight_bits,
             )
         )
-    done = {r["workdir"] for r in results["runs"]}  # runs evaluated earlier are kept
-    results["runs"] = [r for r in previous if r["workdir"] not in done] + results["runs"]
-    out.write_text(json.dumps(results, indent=2))
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for run in results["runs"]:
-        d = "∞ (EDM)" if run["D"] is None else run["D"]
-        for sampler, marker in (("heun", "o"), ("stochastic", "s"), ("restart", "^")):
-            pts = sorted(
-                (r["nfe"], r["fd_train"], r["fd_train_se"])
-                for r in run["samplers"]
-                if r["sampler"] == sampler
-            )
-            x, y, err = zip(*pts)
-            axes[0].errorbar(x, y, yerr=err, marker=marker, capsize=2, label=f"D={d} {sampler}")
-        steps = [(r["step"], r["fd_digits"]) for r in run["fd_vs_training_step"]]
-        axes[1].plot(*zip(*steps), marker="o", label=f"D={d} (Restart, EMA)")
-    floor = results["runs"][-1]["samplers"][0]["fd_train_floor"]
-    axes[0].axhline(floor, color="gray", ls="--", label=f"real digits, N={args.num_samples}")
-    for ax in axes:
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    axes[0].set(
-        xlabel="NFE",
-        ylabel=f"FD-digits (N={args.num_samples}, mean ± s.e., {len(args.seeds)} seeds)",
-        title="FD-digits vs NFE (last EMA checkpoint)",
-    )
-    axes[1].set(
-        xlabel="training step", ylabel="FD-digits (training eval's N)", title="training evals"
-    )
-    fig.tight_layout()
-    fig.savefig(RESULTS / "diffusion_digits_cpu.png", dpi=110)
+        # Written after each run so that an interrupted sweep keeps what it scored.
+        merged = merge_runs(previous, results["runs"])
+        out.write_text(json.dumps({**results, "runs": merged}, indent=2))
+    results["runs"] = merged
+    plot(results, out.with_suffix(".png"))
     print(json.dumps(reference))
 
 
