@@ -4,9 +4,11 @@ train.sample's checkpoint and flag handling (jaxml.tasks.diffusion[_sampling])."
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import s5_runs
 
+from jaxml.diffusion import recipe
 from jaxml.tasks import diffusion, diffusion_sampling
 from jaxml.training import cli
 from jaxml.training.checkpoint import CheckpointError
@@ -46,7 +48,27 @@ BAD = [  # (key, value, text the message must contain)
     ("data.batch_size", 12, "config.data.batch_size"),
     ("ema.halflife_kimg", -1.0, "config.ema.halflife_kimg"),
     ("augment", {"p": 1.5}, "config.augment.p"),
+    ("optimizer.decay", "linear", "config.optimizer.decay"),
+    ("optimizer.decay_ref_steps", 0, "config.optimizer.decay_ref_steps"),
 ]
+
+
+@pytest.mark.parametrize("decay", ["constant", "cosine", "rsqrt"])
+def test_learning_rate_schedule_closed_form(decay):
+    config = diffusion_digits.get_config()
+    config.optimizer.decay = decay
+    lr, warmup, total, ref = 2e-3, 200, 2000, 500
+    schedule = recipe.learning_rate_schedule(config)
+    steps = np.array([0, 1, 100, 199, 200, 201, 499, 500, 700, 1000, 1999, 2000])
+    got = np.array([float(schedule(t)) for t in steps])
+    # Independent float64 formulas: EDM's linear warm-up, then the decay after it.
+    after = {
+        "constant": lambda t: lr,
+        "cosine": lambda t: lr * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))),
+        "rsqrt": lambda t: lr / np.sqrt(max(t / ref, 1.0)),
+    }[decay]
+    expected = [lr * t / warmup if t < warmup else after(t) for t in steps]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("key,value,text", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])

@@ -69,11 +69,34 @@ def conditional(config) -> bool:
     return config.model.num_classes > 0
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam with linear warm-up (EDM), optional global-norm clipping."""
+LR_DECAYS = ("constant", "cosine", "rsqrt")
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+    """Linear warm-up to optimizer.lr (EDM), then optimizer.decay:
+    constant (EDM); cosine to 0 at total_steps; rsqrt (EDM2): lr / sqrt(max(t / t_ref, 1))
+    with t_ref = optimizer.decay_ref_steps."""
     o = config.optimizer
-    schedule = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+    warmup = max(o.warmup_steps, 1)
+    decay = o.get("decay", "constant")
+    ramp = optax.linear_schedule(0.0, o.lr, warmup)
+    if decay == "constant":
+        return ramp
+    if decay == "cosine":
+        after = optax.cosine_decay_schedule(o.lr, max(config.total_steps - warmup, 1))
+    elif decay == "rsqrt":
+        ref = o.decay_ref_steps
+        after = lambda t: o.lr / jnp.sqrt(jnp.maximum((t + warmup) / ref, 1.0))  # noqa: E731
+    else:
+        raise ValueError(f"optimizer.decay must be one of {LR_DECAYS}, got {decay!r}")
+    return optax.join_schedules([ramp, after], [warmup])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam with the schedule above, optional global-norm clipping."""
+    o = config.optimizer
     chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+    schedule = learning_rate_schedule(config)
     return optax.chain(*chain, optax.adam(schedule, b1=o.b1, b2=o.b2, eps=1e-8))
 
 

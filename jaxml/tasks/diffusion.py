@@ -183,7 +183,14 @@ def validate(config) -> None:
         d.precond,
     )
     _require(d.D is None or d.D > 0, "diffusion.D", "must be positive or None (EDM)", d.D)
-    _require(config.optimizer.lr > 0, "optimizer.lr", "must be positive", config.optimizer.lr)
+    o = config.optimizer
+    _require(o.lr > 0, "optimizer.lr", "must be positive", o.lr)
+    decay = o.get("decay", "constant")
+    _require(
+        decay in recipe.LR_DECAYS, "optimizer.decay", f"must be one of {recipe.LR_DECAYS}", decay
+    )
+    ref = o.get("decay_ref_steps", 1)
+    _require(ref > 0, "optimizer.decay_ref_steps", "must be positive", ref)
     _require(
         config.ema.halflife_kimg >= 0, "ema.halflife_kimg", "must be >= 0", config.ema.halflife_kimg
     )

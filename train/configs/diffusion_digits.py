@@ -86,6 +86,10 @@ def get_config(variant: str = "pfgmpp"):
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.999
     config.optimizer.grad_clip = 1.0
+    # After warm-up: "constant" (EDM), "cosine" (to 0 at total_steps) or "rsqrt" (EDM2:
+    # lr / sqrt(max(t / decay_ref_steps, 1))).
+    config.optimizer.decay = "constant"
+    config.optimizer.decay_ref_steps = 500
 
     config.ema = ml_collections.ConfigDict()
     config.ema.halflife_kimg = 50.0
