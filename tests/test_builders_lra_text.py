@@ -44,7 +44,9 @@ def listops_dir(tmp_path_factory):
 
 
 def test_listops_tokens_vocab_lengths_splits(listops_dir, tmp_path):
-    sources.prepare("listops", str(tmp_path), allow_download=True, manual_dir=str(listops_dir))
+    sources.prepare_dataset(
+        "listops", str(tmp_path), allow_download=True, manual_dir=str(listops_dir)
+    )
     train = _records("listops", "train", tmp_path)
     val = _records("listops", "validation", tmp_path)
     test = _records("listops", "test", tmp_path)
@@ -75,7 +77,7 @@ def test_listops_rejects_a_file_without_the_official_header(tmp_path):
     for split in ("train", "val", "test"):
         write_tsv(root / f"basic_{split}.tsv", [("[MAX 2 ]", 2)])
     with pytest.raises(ValueError, match="Source<TAB>Target"):
-        sources.prepare(
+        sources.prepare_dataset(
             "listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
         )
 
@@ -89,7 +91,9 @@ def test_aan_pairs_two_documents_and_pads_each(tmp_path):
     )
     write_tsv(root / "new_aan_pairs.eval.tsv", [("0", "p5", "p6", "cz", "a")])
     write_tsv(root / "new_aan_pairs.test.tsv", [("1", "p7", "p8", "b", "abc")])
-    sources.prepare("aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare_dataset(
+        "aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
+    )
     train = _records("aan", "train", tmp_path / "out")
     val = _records("aan", "validation", tmp_path / "out")
     test = _records("aan", "test", tmp_path / "out")
@@ -120,7 +124,7 @@ def test_imdb_characters_min_freq_15_from_tfds_imdb_reviews(tmp_path):
     write_fake_imdb_reviews(
         tmp_path, {"train": [(train_text, 1), ("", 0)], "test": [("bcaé" * 1500, 0)]}
     )
-    sources.prepare("imdb", str(tmp_path), allow_download=True)
+    sources.prepare_dataset("imdb", str(tmp_path), allow_download=True)
     train = _records("imdb", "train", tmp_path)
     test = _records("imdb", "test", tmp_path)
     assert (len(train), len(test)) == (2, 1)
@@ -176,7 +180,9 @@ def test_listops_full_symbol_set_is_18_tokens(tmp_path):
     root = tmp_path / "listops-1000"
     for split in ("train", "val", "test"):
         write_tsv(root / f"basic_{split}.tsv", [(source, 3)], ["Source", "Target"])
-    sources.prepare("listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare_dataset(
+        "listops", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
+    )
     vocab = json.loads((tmp_path / "out/listops/1.0.0/metadata.json").read_text())["vocab"]
     assert len(vocab) == 18 < TASK_SPECS["listops"]["vocab_size"]
 
@@ -189,13 +195,15 @@ def test_aan_printable_ascii_vocabulary_is_the_official_98(tmp_path):
     row = ("1", "id1", "id2", f"b'{printable}'", "b'x'")
     for split in ("train", "eval", "test"):
         write_tsv(root / f"new_aan_pairs.{split}.tsv", [row])
-    sources.prepare("aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare_dataset(
+        "aan", str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
+    )
     vocab = json.loads((tmp_path / "out/aan/1.0.0/metadata.json").read_text())["vocab"]
     assert len(vocab) == TASK_SPECS["aan"]["vocab_size"] == 98
     assert _records("aan", "test", tmp_path / "out")[0]["tokens"].max() < 98
     # One more character than the official release can hold is not the official release.
     write_tsv(root / "new_aan_pairs.train.tsv", [row[:4] + ("b'\u00e9'",)])
     with pytest.raises(ValueError, match="more than the official 98"):
-        sources.prepare(
+        sources.prepare_dataset(
             "aan", str(tmp_path / "out2"), allow_download=True, manual_dir=str(tmp_path)
         )

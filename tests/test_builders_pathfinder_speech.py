@@ -40,7 +40,9 @@ def test_pathfinder_folders_to_sequences(tmp_path, name, folder, resolution, n):
     level = tmp_path / "lra_release" / folder / "curv_contour_length_14"
     # Two images per metadata file: pathfinder32 has metadata/0..11.npy ("10" < "2" as text).
     write_pathfinder(level, images, labels, per_metadata_file=2)
-    sources.prepare(name, str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path))
+    sources.prepare_dataset(
+        name, str(tmp_path / "out"), allow_download=True, manual_dir=str(tmp_path)
+    )
     splits = {s: _all(name, s, tmp_path / "out") for s in ("train", "validation", "test")}
     cut = int(0.1 * n)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [n - 2 * cut, cut, cut]
@@ -86,7 +88,9 @@ def speech_dir(tmp_path_factory):
 
 def test_speech_commands_splits_labels_and_normalisation(speech_dir, tmp_path):
     root, clips = speech_dir
-    sources.prepare("speech_commands35", str(tmp_path), allow_download=True, manual_dir=str(root))
+    sources.prepare_dataset(
+        "speech_commands35", str(tmp_path), allow_download=True, manual_dir=str(root)
+    )
     splits = {
         s: _all("speech_commands35", s, tmp_path)
         for s in ("train", "validation", "test", "test_8khz")
@@ -149,10 +153,9 @@ def test_prepare_main_missing_lra_file_exit_2(tmp_path, capsys):
 
     import jaxml.data
 
-    # Importing the module jaxml.data.prepare rebinds the package attribute `prepare`
-    # (also the function sources.prepare); put the function back afterwards.
     prepare = importlib.import_module("jaxml.data.prepare")
-    jaxml.data.prepare = sources.prepare
+    # The package's function is prepare_dataset: importing the module no longer rebinds it.
+    assert jaxml.data.prepare_dataset is sources.prepare_dataset
 
     out = tmp_path / "out"
     flags.FLAGS.unparse_flags()

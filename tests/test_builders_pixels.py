@@ -75,7 +75,9 @@ def test_smnist_and_psmnist(mnist_dir, tmp_path):
     images, labels = arrays["train"]
     by_image = {img.tobytes(): int(y) for img, y in zip(images.reshape(len(images), 784), labels)}
     for name in ("smnist", "psmnist"):
-        sources.prepare(name, str(tmp_path), allow_download=True, manual_dir=str(source_dir))
+        sources.prepare_dataset(
+            name, str(tmp_path), allow_download=True, manual_dir=str(source_dir)
+        )
         train, val, test = _split_check(name, tmp_path, images, 30)
         # train and validation together are the source train split, each image once.
         raster = []
@@ -107,7 +109,7 @@ def test_validation_cut_is_fixed(mnist_dir, tmp_path):
     source_dir, _ = mnist_dir
     first = {}
     for run in ("a", "b"):
-        sources.prepare(
+        sources.prepare_dataset(
             "smnist", str(tmp_path / run), allow_download=True, manual_dir=str(source_dir)
         )
         val = _all(data.data_source("smnist", "validation", str(tmp_path / run)))
@@ -118,8 +120,8 @@ def test_validation_cut_is_fixed(mnist_dir, tmp_path):
 def test_scifar_and_lra_cifar(tmp_path):
     arrays = write_fake_images(tmp_path, "cifar10", (32, 32, 3), n_train=20, n_test=5, seed=1)
     test_images, test_labels = arrays["test"]
-    sources.prepare("scifar", str(tmp_path), allow_download=True)
-    sources.prepare("lra_cifar", str(tmp_path), allow_download=True)
+    sources.prepare_dataset("scifar", str(tmp_path), allow_download=True)
+    sources.prepare_dataset("lra_cifar", str(tmp_path), allow_download=True)
     _split_check("scifar", tmp_path, arrays["train"][0], 20)
     _split_check("lra_cifar", tmp_path, arrays["train"][0], 20)
 
@@ -147,5 +149,5 @@ def test_scifar_and_lra_cifar(tmp_path):
 
 def test_missing_source_dataset_names_it_and_writes_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="TFDS dataset 'cifar10'.*--dataset=cifar10"):
-        sources.prepare("scifar", str(tmp_path / "out"), allow_download=True)
+        sources.prepare_dataset("scifar", str(tmp_path / "out"), allow_download=True)
     assert not (tmp_path / "out").exists()

@@ -1,7 +1,12 @@
 """Input data: TFDS builders for embedded datasets, grain pipelines with per-process shards."""
 
 from jaxml.data.pipeline import eval_batches, local_batch_size, train_iterator
-from jaxml.data.sources import DatasetUnavailableError, data_source, default_data_dir, prepare
+from jaxml.data.sources import (
+    DatasetUnavailableError,
+    data_source,
+    default_data_dir,
+    prepare_dataset,
+)
 
 __all__ = [
     "DatasetUnavailableError",
@@ -9,6 +14,6 @@ __all__ = [
     "default_data_dir",
     "eval_batches",
     "local_batch_size",
-    "prepare",
+    "prepare_dataset",
     "train_iterator",
 ]

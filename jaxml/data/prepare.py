@@ -41,7 +41,7 @@ def main(argv):
     data_dir = os.path.expanduser(_DATA_DIR.value or sources.default_data_dir())
     manual_dir = os.path.expanduser(_MANUAL_DIR.value) if _MANUAL_DIR.value else None
     try:
-        builder = sources.prepare(
+        builder = sources.prepare_dataset(
             _DATASET.value, data_dir, allow_download=True, manual_dir=manual_dir
         )
     except (MissingInputError, sources.DatasetUnavailableError) as e:

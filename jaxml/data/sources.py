@@ -53,7 +53,7 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(
+def prepare_dataset(
     name: str,
     data_dir: str | None = None,
     *,
@@ -113,7 +113,7 @@ def data_source(name: str, split: str, data_dir: str | None = None, mock: bool =
             raise DatasetUnavailableError(str(e)) from None
     data_dir = data_dir or default_data_dir()
     if name in EMBEDDED_BUILDERS:
-        builder = prepare(name, data_dir)
+        builder = prepare_dataset(name, data_dir)
     else:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
