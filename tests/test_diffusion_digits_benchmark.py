@@ -1,8 +1,8 @@
 """benchmarks/diffusion_digits.py: the weight quantiser and the official Restart settings."""
 
-import importlib.util
 from pathlib import Path
 
+import benchmark_scripts
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,15 +10,10 @@ import pytest
 
 from jaxml.diffusion import samplers
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diffusion_digits.py"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("diffusion_digits_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("diffusion_digits")
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -1,8 +1,6 @@
 """benchmarks/scan.py checks every implementation against NumPy before it times anything."""
 
-import importlib.util
-from pathlib import Path
-
+import benchmark_scripts
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,15 +8,10 @@ import pytest
 
 from jaxml.ssm import linear_recurrence, recurrence
 
-SCAN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "scan.py"
-
 
 @pytest.fixture(scope="module")
 def scan():
-    spec = importlib.util.spec_from_file_location("scan_benchmark", SCAN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_scripts.load("scan")
 
 
 @pytest.fixture

@@ -1,10 +1,7 @@
 """benchmarks/torch_unet.py is the same network as jaxml's U-Net: equal parameter counts for
 the benchmark configs, and equal outputs with our Flax params copied in (skipped without torch)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import benchmark_scripts
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,25 +19,16 @@ FAST_COMPILE = {
     "xla_llvm_disable_expensive_passes": True,
     "xla_cpu_use_fusion_emitters": False,
 }
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def port():
-    return _load("torch_unet", BENCHMARKS / "torch_unet.py")
+    return benchmark_scripts.load("torch_unet", "torch_unet")
 
 
 @pytest.fixture(scope="module")
 def throughput(port):
-    return _load("diffusion_throughput_benchmark", BENCHMARKS / "diffusion_throughput.py")
+    return benchmark_scripts.load("diffusion_throughput")
 
 
 @pytest.mark.parametrize(
