@@ -141,20 +141,15 @@ def evaluate_run(
         for bits in weight_bits:
             params = ema_params if not bits else quantize_weights(ema_params, bits)
             start = time.perf_counter()
-            evaluations = []
-            for seed in seeds:
-                images, nfe = recipe.sample_images(
-                    sample_fn,
-                    params,
-                    jax.random.PRNGKey(seed),
-                    c,
-                    num_samples,
-                    batch_sharding=parallel.batch_sharding(mesh),
-                    replicated=parallel.replicated(mesh),
-                )
-                evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
+
+            def save_grid(seed, images, label=label, bits=bits):
                 if grid_out and label == "restart N=18 K=2" and seed == seeds[0] and not bits:
                     save_image_grid(images[:100], grid_out, scale=4)
+
+            evaluations = recipe.evaluate_digits_per_seed(
+                sample_fn, params, c, seeds, num_samples, mesh, on_images=save_grid
+            )
+            nfe = sample_fn.nfe
             row = {"setting": label, "sampler": sampler, "nfe": nfe, "weight_bits": bits}
             for key in ("fd_train", "kid_train", "precision", "recall"):
                 row[key], row[key + "_se"] = mean_se([e[key] for e in evaluations])

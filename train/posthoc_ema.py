@@ -79,20 +79,11 @@ def make_sampler(config):
 def score(config, sample_fn, params, seeds, num_samples, mesh) -> dict:
     """`metrics.evaluate_digits` of `num_samples` images per seed (the config's sampler):
     FD-digits and KID per seed, their mean ± s.e., and FD's floor at that N."""
-    from jaxml.diffusion import metrics, recipe
+    from jaxml.diffusion import recipe
 
-    evaluations = []
-    for seed in seeds:
-        images, _ = recipe.sample_images(
-            sample_fn,
-            params,
-            jax.random.PRNGKey(seed),
-            config,
-            num_samples,
-            batch_sharding=parallel.batch_sharding(mesh),
-            replicated=parallel.replicated(mesh),
-        )
-        evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
+    evaluations = recipe.evaluate_digits_per_seed(
+        sample_fn, params, config, seeds, num_samples, mesh
+    )
     fds = [float(e["fd_train"]) for e in evaluations]
     kids = [float(e["kid_train"]) for e in evaluations]
     se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")

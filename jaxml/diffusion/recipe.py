@@ -426,6 +426,32 @@ def sample_images(
     return (np.concatenate(kept) if keep else None), sample_fn.nfe
 
 
+def evaluate_digits_per_seed(
+    sample_fn: SampleFn, params, config, seeds, num_samples: int, mesh, *, on_images=None
+) -> list[dict]:
+    """`metrics.evaluate_digits` of `num_samples` images for each latent seed (the same
+    latents for every sampler and params: paired comparisons); on_images(seed, images) sees
+    each set before it is scored."""
+    from jaxml import parallel
+    from jaxml.diffusion import metrics  # heavy (Inception); only the evaluations need it
+
+    evaluations = []
+    for seed in seeds:
+        images, _ = sample_images(
+            sample_fn,
+            params,
+            jax.random.PRNGKey(seed),
+            config,
+            num_samples,
+            batch_sharding=parallel.batch_sharding(mesh),
+            replicated=parallel.replicated(mesh),
+        )
+        if on_images is not None:
+            on_images(seed, images)
+        evaluations.append(metrics.evaluate_digits(images, data_dir=config.data.data_dir))
+    return evaluations
+
+
 def write_shard(out_dir, start: int, images: np.ndarray, labels: np.ndarray) -> None:
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
