@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 
 matplotlib.use("Agg")
@@ -130,7 +131,7 @@ def plot_restart(runs: list[dict], path: Path) -> None:
             ax.set_xscale("log")
         ticks = sorted({n for n in nfes if n >= 35})
         ax.set_xticks(ticks, [str(n) for n in ticks])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # y keeps its log labels
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -138,6 +139,7 @@ def plot_restart(runs: list[dict], path: Path) -> None:
 
 def plot_dims(runs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    bits_seen = set()
     for run in runs:
         heun = sorted(
             (r["nfe"], r["fd_train"], r["fd_train_se"])
@@ -154,6 +156,7 @@ def plot_dims(runs: list[dict], path: Path) -> None:
             if r
         ]
         if len(quant) > 1:
+            bits_seen.update(b for b, _, _ in quant)
             x, y, err = zip(*sorted(quant))
             axes[1].errorbar(x, y, yerr=err, marker="o", capsize=2, label=f"D={d_name(run['D'])}")
     floor = next(iter(rows_of(runs[0]).values()))["fd_train_floor"]
@@ -166,8 +169,9 @@ def plot_dims(runs: list[dict], path: Path) -> None:
         xscale="log", xlabel="weight bits (32: float)", ylabel="FD-digits (Heun N=18)",
         title="quantised weights",
     )  # fmt: skip
-    axes[1].set_xticks([4, 5, 32], ["4", "5", "float"])
-    axes[1].minorticks_off()
+    ticks = sorted(bits_seen)
+    axes[1].set_xticks(ticks, [str(b) if b < 32 else "float" for b in ticks])
+    axes[1].xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # y keeps its log labels
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
