@@ -132,6 +132,7 @@ def evaluate_run(
     network, ema_params = recipe.load_ema_params(checkpointer, step, config, mesh)
     checkpointer.close()
     rows = []
+    size = config.data.image_size
     for label, sampler, overrides in settings:
         c = config.copy_and_resolve_references()
         with c.unlocked():
@@ -178,6 +179,7 @@ def evaluate_run(
         "D": config.diffusion.D,
         "train_steps": config.total_steps,
         "batch_size": config.data.batch_size,
+        "image_size": size,
         "samplers": rows,
         "fd_vs_training_step": fd_vs_step,
     }
