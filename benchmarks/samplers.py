@@ -1,10 +1,11 @@
 """Sampler quality vs NFE with exact denoisers: no network, no training, CPU only.
 
-    python benchmarks/samplers.py            # full run (a few minutes on 2 cores)
-    python benchmarks/samplers.py --quick    # smaller, for a smoke check
+    python benchmarks/samplers.py                 # full run (about 14 minutes on 2 cores)
+    python benchmarks/samplers.py --quick         # smaller, for a smoke check
+    python benchmarks/samplers.py --only cutgrid  # one section, merged into the JSON
 
-Writes benchmarks/results/samplers_cpu.json, samplers_*.png and
-samplers_table.md.
+Writes benchmarks/results/samplers_cpu.json, samplers_*.png (samplers_cutgrid.png
+for the cut main grid) and samplers_table.md.
 
 Problems (sampled from the EDM prior N(0, 80² I), or the PFGM++ prior):
   ring2d   8 isotropic Gaussians (std 0.1) on a circle of radius 2, in 2-D.
@@ -51,6 +52,28 @@ budget up to 18 steps (35 NFE, as in the paper) and K restarts the rest:
 PFGM++ runs heun (from NFE 5) and restart (paper interval, PFGM++ forward jump;
 from NFE 19) with the exact and imperfect-mid denoisers.
 
+Cut main grid (section "cutgrid", ring2d and gmm64). In the table above the main
+pass has up to 18 steps: with exact denoisers every sampler is at the metric's
+floor by NFE 35, and error inside a restart interval is re-applied on every
+repeat, so those problems cannot show what Restart is claimed to do (Xu et al.
+2023: at equal NFE it beats the ODE and the SDE, because its forward noise
+contracts the error accumulated earlier while its ODE steps keep discretization
+error small). This section isolates that claim. The main pass is cut to
+N_main ∈ {6, 10} EDM steps, where Heun leaves visible discretization error for
+Restart's noise to contract; K ∈ {0, 1, 2, 4, 8} restarts of each family's
+interval follow (K = 0 is Heun on the cut grid), NFE = 2 N_main - 1 + K·2(N_R - 1),
+always odd, so heun and stochastic run on the finer grid N = (NFE + 1) / 2 of
+exactly the same NFE. Denoisers: exact (discretization error only) and the error
+bump above both intervals, σ_e = 5 s_d ("imperfect-high") and σ_e = 2 s_d
+("imperfect-2sd"), δ = 0.2: error that a deterministic ODE carries to the end and
+Restart's noise could contract. 16 chunks (4 with --quick) for paired verdicts of
+each restart point against heun and stochastic at its NFE. Results go under
+results["cutgrid"], the table's last section and samplers_cutgrid.png.
+
+`--only SECTION` runs the chosen sections and keeps the others from an existing
+samplers_cpu.json in --out-dir; the table and PNGs are redrawn from the merged
+results. `--replot JSON` redraws from any earlier JSON, with or without "cutgrid".
+
 The code: samplers_problems.py (problems, denoisers, sampler settings),
 samplers_metric.py (SW2, on-data fraction, paired verdicts), samplers_report.py
 (plots, table); this file runs them.
@@ -78,14 +101,21 @@ from samplers_metric import (
 )
 from samplers_problems import (
     CHURN,
+    CUT_FAMILIES,
+    CUT_MAIN_STEPS,
+    CUT_RESTARTS,
+    CUT_VARIANTS,
     PFGMPP_VARIANTS,
     RESTART_FAMILIES,
     SAMPLER_NAMES,
     SIGMA_MAX,
     VARIANTS,
+    cut_grid_configs,
     data_rms,
     error_field,
     gmm64,
+    matched_steps,
+    restart_call,
     ring2d,
     sampler_call,
     with_error,
@@ -95,13 +125,15 @@ from samplers_report import write_report
 from jaxml.diffusion import ideal, pfgmpp
 
 _T0 = time.time()
+SECTIONS = ["ring2d", "gmm64", "pfgmpp", "cutgrid"]
 
 
 def log(msg: str) -> None:
     print(f"[{time.time() - _T0:7.1f}s] {msg}", flush=True)
 
 
-def run_gmm_problem(name, gmm, nfes, n_chunk, reps, results, seed=0):
+def _gmm_setup(gmm, n_chunk, reps, seed=0):
+    """Shared latents, sampler key, true chunks and noise floor for a Gaussian mixture."""
     dim = gmm["means"].shape[1]
     s_d = data_rms(gmm)
     proj = projections(dim)
@@ -111,30 +143,60 @@ def run_gmm_problem(name, gmm, nfes, n_chunk, reps, results, seed=0):
     key = jax.random.PRNGKey(seed)
     k_lat, k_truth, k_floor, k_sampler = jax.random.split(key, 4)
     latents = pfgmpp.prior(k_lat, (n, dim), SIGMA_MAX)
-    truth = np.split(
-        np.asarray(
-            ideal.gmm_sample(k_truth, n, gmm["means"], gmm["stds"], gmm["weights"]), np.float64
-        ),
+    sample = lambda k: np.split(
+        np.asarray(ideal.gmm_sample(k, n, gmm["means"], gmm["stds"], gmm["weights"]), np.float64),
         reps,
     )
-    other = np.split(
-        np.asarray(
-            ideal.gmm_sample(k_floor, n, gmm["means"], gmm["stds"], gmm["weights"]), np.float64
-        ),
-        reps,
-    )
+    truth, other = sample(k_truth), sample(k_floor)
     floor = np.array([sliced_w2(a, b, proj) for a, b in zip(truth, other)])
-    out = dict(
+    head = dict(
         dim=dim,
         data_rms=s_d,
         n_per_chunk=n_chunk,
         chunks=reps,
         floor=dict(mean=floor.mean(), std=floor.std(ddof=1), per_chunk=floor.tolist()),
-        **{variant: {} for variant in VARIANTS},
     )
+    return head, dict(
+        make_denoiser=make_denoiser, latents=latents, key=k_sampler, truth=truth, proj=proj
+    )
+
+
+def _run_variants(setup, fn, expected, variants, label, floor, **extra):
+    """One compiled sampler, every denoiser variant: {variant: result row}."""
+    run = jax.jit(
+        lambda x, k, delta, center, make=setup["make_denoiser"]: fn(make(delta, center), x, k)
+    )
+    rows = {}
+    for variant, (delta, center) in variants.items():
+        t = time.time()
+        samples, info = run(setup["latents"], setup["key"], jnp.float32(delta), jnp.float32(center))
+        samples = np.asarray(samples)
+        assert int(info["nfe"]) == expected
+        if not np.all(np.isfinite(samples)):
+            raise FloatingPointError(f"{label}: non-finite samples")
+        sw = chunked_sw2(samples, setup["truth"], setup["proj"])
+        rows[variant] = dict(
+            nfe=int(info["nfe"]),
+            **extra,
+            sw2=sw.mean(),
+            sw2_std=sw.std(ddof=1),
+            per_chunk=sw.tolist(),
+            seconds=time.time() - t,
+        )
+        log(
+            f"{label} {variant:14s} NFE {int(info['nfe']):3d} ({extra['config']}): "
+            f"SW2 {sw.mean():.4f} ({sw.mean() / floor:.2f}x floor)  {time.time() - t:.1f}s"
+        )
+    return rows
+
+
+def run_gmm_problem(name, gmm, nfes, n_chunk, reps, results, seed=0):
+    head, setup = _gmm_setup(gmm, n_chunk, reps, seed)
+    floor = head["floor"]
+    out = dict(**head, **{variant: {} for variant in VARIANTS})
     log(
-        f"{name}: d={dim}, s_d={s_d:.3f}, {reps}x{n_chunk} samples, "
-        f"SW2 noise floor {floor.mean():.4f} ± {floor.std(ddof=1):.4f}"
+        f"{name}: d={head['dim']}, s_d={head['data_rms']:.3f}, {reps}x{n_chunk} samples, "
+        f"SW2 noise floor {floor['mean']:.4f} ± {floor['std']:.4f}"
     )
     for sampler in SAMPLER_NAMES:
         for nfe in nfes:
@@ -143,33 +205,81 @@ def run_gmm_problem(name, gmm, nfes, n_chunk, reps, results, seed=0):
             except ValueError as e:
                 log(f"{name} {sampler} NFE {nfe}: skipped ({e})")
                 continue
-            run = jax.jit(
-                lambda x, k, delta, center, fn=fn, make=make_denoiser: fn(make(delta, center), x, k)
+            rows = _run_variants(
+                setup, fn, expected, VARIANTS, f"{name} {sampler:12s}", floor["mean"], config=desc
             )
-            for variant, (delta, center) in VARIANTS.items():
-                t = time.time()
-                samples, info = run(latents, k_sampler, jnp.float32(delta), jnp.float32(center))
-                samples = np.asarray(samples)
-                assert int(info["nfe"]) == expected
-                if not np.all(np.isfinite(samples)):
-                    raise FloatingPointError(f"{name} {sampler} NFE {nfe}: non-finite samples")
-                sw = chunked_sw2(samples, truth, proj)
-                out[variant].setdefault(sampler, []).append(
-                    dict(
-                        nfe=int(info["nfe"]),
-                        config=desc,
-                        sw2=sw.mean(),
-                        sw2_std=sw.std(ddof=1),
-                        per_chunk=sw.tolist(),
-                        seconds=time.time() - t,
-                    )
-                )
-                log(
-                    f"{name} {variant:14s} {sampler:12s} NFE {int(info['nfe']):3d} ({desc}): "
-                    f"SW2 {sw.mean():.4f} ({sw.mean() / floor.mean():.2f}x floor)  "
-                    f"{time.time() - t:.1f}s"
-                )
+            for variant, row in rows.items():
+                out[variant].setdefault(sampler, []).append(row)
     results[name] = out
+
+
+def run_cut_grid(main_steps, restarts, sizes, reps, results, families=CUT_FAMILIES, seed=0):
+    """Restart on a cut main grid (N_main steps, K restarts) against heun and stochastic
+    on the finer grid of the same NFE, on ring2d and gmm64 (see the module docstring)."""
+    t0 = time.time()
+    configs, nfes = cut_grid_configs(families, main_steps, restarts)
+    out = dict(
+        settings=dict(
+            main_steps=list(main_steps),
+            restarts=list(restarts),
+            families={f: RESTART_FAMILIES[f] for f in families},
+            variants=CUT_VARIANTS,
+            chunks=reps,
+            sizes={name: sizes[name] for name in ("ring2d", "gmm64")},
+            churn=CHURN,
+        ),
+        problems={},
+    )
+    for name, gmm in (("ring2d", ring2d()), ("gmm64", gmm64())):
+        head, setup = _gmm_setup(gmm, sizes[name], reps, seed)
+        floor = head["floor"]["mean"]
+        res = out["problems"][name] = dict(**head, **{v: {} for v in CUT_VARIANTS})
+        log(
+            f"cutgrid {name}: {reps}x{sizes[name]} samples, floor {floor:.4f}; "
+            f"{len(configs)} restart configs, heun/stochastic at NFE {nfes}"
+        )
+        for fam, n_main, K, nfe in configs:
+            fn, expected, desc = restart_call(fam, n_main, K)
+            assert expected == nfe
+            series = f"{fam} N_main={n_main}"
+            rows = _run_variants(
+                setup,
+                fn,
+                expected,
+                CUT_VARIANTS,
+                f"cutgrid {name} {series}",
+                floor,
+                config=desc,
+                n_main=n_main,
+                K=K,
+            )
+            for variant, row in rows.items():
+                res[variant].setdefault(series, []).append(row)
+        # K = 0 is Heun on the cut grid whatever the interval: run once, shared by the families.
+        for variant in CUT_VARIANTS:
+            for fam, n_main, K, _ in configs:
+                if K == 0:
+                    for other in families[1:]:
+                        res[variant][f"{other} N_main={n_main}"].insert(
+                            0, res[variant][f"{fam} N_main={n_main}"][0]
+                        )
+        for sampler in ("heun", "stochastic"):
+            for nfe in nfes:
+                fn, expected, desc = sampler_call(sampler, nfe)
+                assert expected == nfe and desc == f"N={matched_steps(nfe)}"
+                rows = _run_variants(
+                    setup,
+                    fn,
+                    expected,
+                    CUT_VARIANTS,
+                    f"cutgrid {name} {sampler}",
+                    floor,
+                    config=desc,
+                )
+                for variant, row in rows.items():
+                    res[variant].setdefault(sampler, []).append(row)
+    out["seconds"] = time.time() - t0
+    results["cutgrid"] = out
 
 
 def run_pfgmpp_problem(nfes, n_chunk, reps, results, num_data=256, seed=0):
@@ -262,9 +372,10 @@ def main(argv=None):
     )
     parser.add_argument(
         "--only",
-        choices=["ring2d", "gmm64", "pfgmpp"],
+        choices=SECTIONS,
         action="append",
-        help="run only these problems (repeatable)",
+        help="run only these sections (repeatable); the others are kept from an existing "
+        "samplers_cpu.json in --out-dir",
     )
     parser.add_argument(
         "--replot", metavar="JSON", help="only redraw the PNGs and the table from an earlier JSON"
@@ -277,13 +388,15 @@ def main(argv=None):
             payload["results"], args.out_dir, "_quick" if payload["config"]["quick"] else ""
         )
         return
-    problems = args.only or ["ring2d", "gmm64", "pfgmpp"]
+    problems = args.only or SECTIONS
     if args.quick:
         nfes, pfg_nfes, reps = [19, 63], [5, 19], 4
         sizes = dict(ring2d=2000, gmm64=1000, pfgmpp=250)
+        cut = dict(main_steps=(6,), restarts=(0, 2), reps=4)
     else:
         nfes, pfg_nfes, reps = [19, 35, 63, 199], [5, 9, 19, 63], 8
         sizes = dict(ring2d=2500, gmm64=1000, pfgmpp=250)
+        cut = dict(main_steps=CUT_MAIN_STEPS, restarts=CUT_RESTARTS, reps=16)
     os.makedirs(args.out_dir, exist_ok=True)
     log(
         f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
@@ -296,22 +409,39 @@ def main(argv=None):
         run_gmm_problem("gmm64", gmm64(), nfes, sizes["gmm64"], reps, results)
     if "pfgmpp" in problems:
         run_pfgmpp_problem(pfg_nfes, sizes["pfgmpp"], reps, results)
+    if "cutgrid" in problems:
+        run_cut_grid(cut["main_steps"], cut["restarts"], sizes, cut["reps"], results)
 
     suffix = "_quick" if args.quick else ""
+    path = os.path.join(args.out_dir, f"samplers_cpu{suffix}.json")
+    config = dict(
+        quick=args.quick,
+        nfes=nfes,
+        pfgmpp_nfes=pfg_nfes,
+        chunks=reps,
+        sizes=sizes,
+        sigma_max=SIGMA_MAX,
+        variants=VARIANTS,
+        num_projections=NUM_PROJECTIONS,
+        churn=CHURN,
+        restart_families=RESTART_FAMILIES,
+    )
+    merged_from = None
+    if os.path.exists(path):
+        # Sections not rerun keep their earlier results (and, if no main problem was
+        # rerun, the main settings they were run with).
+        with open(path) as f:
+            old = json.load(f)
+        kept = {k: v for k, v in old["results"].items() if k not in results}
+        if kept:
+            log(f"keeping {sorted(kept)} from {path}")
+            results = {**kept, **results}
+            merged_from = dict(sections=sorted(kept), total_seconds=old.get("total_seconds"))
+            if not any(p in problems for p in ("ring2d", "gmm64", "pfgmpp")):
+                config = old["config"]
     results = _to_builtin(results)
     payload = dict(
-        config=dict(
-            quick=args.quick,
-            nfes=nfes,
-            pfgmpp_nfes=pfg_nfes,
-            chunks=reps,
-            sizes=sizes,
-            sigma_max=SIGMA_MAX,
-            variants=VARIANTS,
-            num_projections=NUM_PROJECTIONS,
-            churn=CHURN,
-            restart_families=RESTART_FAMILIES,
-        ),
+        config=config,
         machine=dict(
             jax=jax.__version__,
             platform=jax.devices()[0].platform,
@@ -319,10 +449,12 @@ def main(argv=None):
             python=sys.version.split()[0],
             node=platform.machine(),
         ),
-        total_seconds=time.time() - _T0,
+        total_seconds=time.time() - _T0,  # this run's; merged_from: the earlier run's
         results=results,
     )
-    with open(os.path.join(args.out_dir, f"samplers_cpu{suffix}.json"), "w") as f:
+    if merged_from:
+        payload["merged_from"] = merged_from
+    with open(path, "w") as f:
         json.dump(_to_builtin(payload), f, indent=1)
     print(write_report(results, args.out_dir, suffix))
     log(f"wrote {args.out_dir}/samplers_cpu{suffix}.json, PNGs and samplers_table{suffix}.md")

@@ -104,11 +104,52 @@ def sampler_call(name: str, nfe: int, D=None):
         if name == "heun":
             return (lambda f, x, k: samplers.heun(f, x, sig)), 2 * n - 1, f"N={n}"
         return (lambda f, x, k: samplers.stochastic(f, x, sig, key=k, **CHURN)), 2 * n - 1, f"N={n}"
-    fam = RESTART_FAMILIES[name]
-    n_main, K = restart_config(nfe, **fam)
+    n_main, K = restart_config(nfe, **RESTART_FAMILIES[name])
+    return restart_call(name, n_main, K, D=D)
+
+
+def restart_call(family: str, n_main: int, K: int, D=None):
+    """Restart of `family` on the main grid edm_sigmas(n_main) with K repeats of its interval:
+    (function of (denoise_fn, latents, key), expected NFE, description)."""
+    fam = RESTART_FAMILIES[family]
     sig = edm_sigmas(n_main)
     # The interval snaps to the main grid; if its t_min would snap to t_max's level
     # or beyond on a very coarse grid, the call raises (and the point is skipped).
     iv = [(fam["N_R"], K, fam["t_min"], fam["t_max"])]
     fn = lambda f, x, k: samplers.restart(f, x, sig, key=k, restart_intervals=iv, S_noise=1.0, D=D)
     return fn, 2 * n_main - 1 + K * 2 * (fam["N_R"] - 1), f"N_main={n_main}, K={K}"
+
+
+# The cut main grid (benchmarks/samplers.py, run_cut_grid): a coarse main pass whose
+# discretization error Restart's forward noise can contract, K restarts on top, against
+# heun and stochastic on a finer grid of the same NFE.
+CUT_MAIN_STEPS = (6, 10)
+CUT_RESTARTS = (0, 1, 2, 4, 8)
+CUT_FAMILIES = ("restart", "restart-wide")
+CUT_VARIANTS = {
+    "exact": VARIANTS["exact"],
+    "imperfect-high": VARIANTS["imperfect-high"],  # σ_e = 5 s_d
+    "imperfect-2sd": (ERROR_DELTA, 2.0),  # σ_e = 2 s_d, still above both intervals
+}
+
+
+def cut_grid_configs(families, main_steps, restarts):
+    """[(family, N_main, K, NFE)] and the sorted NFEs at which heun/stochastic must run.
+
+    Every restart NFE 2 N_main - 1 + K·2(N_R - 1) is odd, so heun and stochastic with
+    N = (NFE + 1) / 2 steps match it exactly."""
+    configs = [
+        (fam, n, K, 2 * n - 1 + K * 2 * (RESTART_FAMILIES[fam]["N_R"] - 1))
+        for fam in families
+        for n in main_steps
+        for K in restarts
+        if K > 0 or fam == families[0]  # K = 0 is Heun on the cut grid: once is enough
+    ]
+    return configs, sorted({nfe for *_, nfe in configs})
+
+
+def matched_steps(nfe: int) -> int:
+    """Heun/stochastic steps N with 2N - 1 == nfe (nfe odd)."""
+    if nfe % 2 == 0:
+        raise ValueError(f"NFE {nfe} is even: heun cannot match it exactly.")
+    return (nfe + 1) // 2

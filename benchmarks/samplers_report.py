@@ -358,6 +358,143 @@ def table_markdown(results) -> str:
     return "\n".join(lines)
 
 
+# The cut main grid (results["cutgrid"]).
+
+CUT_MARK = {"better": "▲", "worse": "▼", "tie": "·"}
+
+
+def _cut_series(per_variant) -> list:
+    """heun, stochastic, then the restart series in run order ("restart N_main=6", ...)."""
+    return ["heun", "stochastic"] + [s for s in per_variant if s not in ("heun", "stochastic")]
+
+
+def _cut_verdicts(per_variant, series):
+    """{nfe: (vs heun, vs stochastic)} for one restart series."""
+    vs = {o: verdict(per_variant[series], per_variant[o]) for o in ("heun", "stochastic")}
+    return {n: (vs["heun"].get(n), vs["stochastic"].get(n)) for n in vs["heun"]}
+
+
+def cut_grid_markdown(cut) -> str:
+    settings = cut["settings"]
+    lines = [
+        "## Cut main grid: Restart on a coarse main pass vs Heun / stochastic at equal NFE",
+        "",
+        f"Restart on edm_sigmas(N_main), N_main ∈ {settings['main_steps']}, with K ∈ "
+        f"{settings['restarts']} restarts of its interval (K = 0 is Heun on the cut grid); "
+        "heun and stochastic run N = (NFE + 1) / 2 steps, the same NFE. SW2 / noise floor, "
+        f"mean over {settings['chunks']} chunks; bold: best in the row. Marks after a "
+        "restart cell: vs heun, then vs stochastic, paired over chunks (|t| > 3): ▲ better, "
+        "▼ worse, · not resolved. Denoisers: exact; imperfect-high (σ_e = 5 s_d) and "
+        "imperfect-2sd (σ_e = 2 s_d), error bumps above both restart intervals.",
+        "",
+    ]
+    first = next(iter(cut["problems"].values()))
+    series = _cut_series(first[next(iter(settings["variants"]))])
+    lines.append("| problem · denoiser · NFE | " + " | ".join(series) + " |")
+    lines.append("|---|" + "---|" * len(series))
+    counts = {}
+    for name, res in cut["problems"].items():
+        floor = res["floor"]["mean"]
+        for variant in settings["variants"]:
+            per = res[variant]
+            marks = {s: _cut_verdicts(per, s) for s in series[2:]}
+            for nfe in sorted({r["nfe"] for rows in per.values() for r in rows}):
+                row = {s: next((r for r in per[s] if r["nfe"] == nfe), None) for s in series}
+                best = min(r["sw2"] for r in row.values() if r)
+                cells = []
+                for s, r in row.items():
+                    if r is None:
+                        cells.append("—")
+                        continue
+                    text = f"{r['sw2'] / floor:.2f}"
+                    if "K" in r:
+                        text += f" (K={r['K']})"
+                        if r["K"] > 0:
+                            vh, vs = marks[s][nfe]
+                            text += f" {CUT_MARK[vh]}{CUT_MARK[vs]}"
+                            c = counts.setdefault((s.split()[0], variant), [])
+                            c.append((vh, vs))
+                    cells.append(f"**{text}**" if r["sw2"] == best else text)
+                lines.append(f"| {name} · {variant} · {nfe} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Verdict counts over the K ≥ 1 points (both problems, every N_main): better / tie / worse.",
+        "",
+        "| family · denoiser | vs heun | vs stochastic | better than both |",
+        "|---|---|---|---|",
+    ]
+    for (fam, variant), c in counts.items():
+        tally = [
+            "/".join(str(sum(v[i] == w for v in c)) for w in ("better", "tie", "worse"))
+            for i in (0, 1)
+        ]
+        both = sum(v == ("better", "better") for v in c)
+        lines.append(f"| {fam} · {variant} | {tally[0]} | {tally[1]} | {both} of {len(c)} |")
+    floors = ", ".join(
+        f"{name} {res['floor']['mean']:.4f} ± {res['floor']['std']:.4f} "
+        f"({res['chunks']}x{res['n_per_chunk']} samples)"
+        for name, res in cut["problems"].items()
+    )
+    lines += ["", f"Floors: {floors}. Section run time {cut['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def plot_cut_grid(cut, path):
+    import matplotlib
+    from matplotlib.ticker import FuncFormatter
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(cut["settings"]["variants"])
+    problems = list(cut["problems"])
+    fig, axes = plt.subplots(
+        len(problems),
+        len(variants),
+        figsize=(5.2 * len(variants), 4.2 * len(problems)),
+        squeeze=False,
+    )
+    dashes = ["-", "--", ":", "-."]
+    for row, name in zip(axes, problems):
+        res = cut["problems"][name]
+        floor = res["floor"]["mean"]
+        for ax, variant in zip(row, variants):
+            per = res[variant]
+            nfes = set()
+            for i, s in enumerate(_cut_series(per)):
+                fam = s.split()[0]
+                color, marker = STYLE[fam]
+                rows = sorted(per[s], key=lambda r: r["nfe"])
+                nfes |= {r["nfe"] for r in rows}
+                ax.errorbar(
+                    [r["nfe"] for r in rows],
+                    [r["sw2"] / floor for r in rows],
+                    yerr=[r["sw2_std"] / floor / np.sqrt(res["chunks"]) for r in rows],
+                    color=color,
+                    marker=marker,
+                    ls="-" if i < 2 else dashes[(i - 2) % len(cut["settings"]["main_steps"])],
+                    ms=4,
+                    capsize=2,
+                    label=s if i < 2 else s.replace(" ", " (cut grid) "),
+                )
+            ax.axhline(1.0, color="k", ls="--", lw=1, label="noise floor")
+            ticks = []
+            for n in sorted(nfes):  # label NFEs at least 13% apart
+                if not ticks or n >= 1.13 * ticks[-1]:
+                    ticks.append(n)
+            _nfe_axis(ax, ticks)
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set_title(f"{name}: {variant} denoiser")
+            ax.grid(True, which="both", alpha=0.3)
+        row[0].set_ylabel("SW2 / noise floor (mean ± SE over chunks)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(results, out_dir, suffix) -> str:
     """Plots and the markdown table; returns the table."""
     for name in ("ring2d", "gmm64"):
@@ -367,7 +504,11 @@ def write_report(results, out_dir, suffix) -> str:
         plot_ring_scatter(ring2d(), os.path.join(out_dir, f"samplers_ring2d_scatter{suffix}.png"))
     if "pfgmpp" in results:
         plot_pfgmpp(results["pfgmpp"], os.path.join(out_dir, f"samplers_pfgmpp{suffix}.png"))
-    table = table_markdown(results)
+    main = any(name in results for name in ("ring2d", "gmm64", "pfgmpp"))
+    table = table_markdown(results) if main else ""
+    if "cutgrid" in results:
+        plot_cut_grid(results["cutgrid"], os.path.join(out_dir, f"samplers_cutgrid{suffix}.png"))
+        table += ("\n" if main else "") + cut_grid_markdown(results["cutgrid"])
     with open(os.path.join(out_dir, f"samplers_table{suffix}.md"), "w") as f:
         f.write(table)
     return table
