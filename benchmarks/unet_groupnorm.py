@@ -10,8 +10,8 @@ config it builds the jitted loss + gradient of the diffusion training loss
 - "full": the model as it is;
 - "stand-in": every GroupNorm, the embedding bias/scale-shift that enters at
   the second norm of a block, and every 4-D SiLU are the identity. This is a
-  monkeypatch of `jaxml.models.unet` inside this script only (`_group_norm`,
-  `nn.silu` for rank-4 inputs, and the "affine" Dense returning a constant 0,
+  monkeypatch of `jaxml.models.unet` inside this script only (`_group_norm`, which
+  carries the SiLU, and the "affine" Dense returning a constant 0,
   which XLA folds away); the library is unchanged.
 
 (1) XLA cost analysis of the compiled programs (`jit(...).lower().compile()
@@ -38,14 +38,12 @@ import json
 import os
 import platform
 import time
-import types
 from contextlib import contextmanager
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen
 
 from jaxml.diffusion import recipe
 from jaxml.models import unet
@@ -62,50 +60,33 @@ CASES = {
 }
 
 
-class _NoNormNN(types.ModuleType):
-    """`flax.linen` with rank-4 SiLU as the identity and the block's embedding "affine"
-    Dense returning 0 (so `x + params` / `shift + x * (scale + 1)` fold to x)."""
-
-    def __init__(self):
-        super().__init__("flax.linen (benchmark stand-in)")
-
-    def __getattr__(self, name):
-        return getattr(linen, name)
-
-    @staticmethod
-    def silu(x):
-        return x if x.ndim == 4 else linen.silu(x)
-
-    @staticmethod
-    def Dense(features, *args, name=None, **kwargs):  # noqa: N802 (flax's name)
-        if name == "affine":
-            return lambda emb: jnp.zeros((emb.shape[0], features), emb.dtype)
-        return linen.Dense(features, *args, name=name, **kwargs)
-
-
 @contextmanager
 def patched_unet(stand_in: bool, sites: list | None = None):
-    """Within the block: the stand-in model (stand_in=True) and/or recording the input
-    shape of every GroupNorm call into `sites`."""
-    orig_group_norm, orig_nn = unet._group_norm, unet.nn
+    """Within the block: the stand-in model (stand_in=True: every GroupNorm(+scale/shift)
+    +SiLU site is the identity and the block's embedding "affine" Dense returns 0) and/or
+    recording the input shape of every GroupNorm call into `sites`."""
+    orig_group_norm, orig_dense = unet._group_norm, unet.Dense
 
-    def group_norm(channels, eps, dtype, name):
-        module = None if stand_in else orig_group_norm(channels, eps, dtype, name)
+    def group_norm(channels, eps, dtype, name, act=True):
+        module = None if stand_in else orig_group_norm(channels, eps, dtype, name, act)
 
-        def apply(x):
+        def apply(x, scale=None, shift=None):
             if sites is not None:
                 sites.append((name, tuple(x.shape), jnp.dtype(x.dtype).name))
-            return x if stand_in else module(x)
+            return x if stand_in else module(x, scale, shift)
 
         return apply
 
-    unet._group_norm = group_norm
-    if stand_in:
-        unet.nn = _NoNormNN()
+    def dense(features, *args, name=None, **kwargs):
+        if stand_in and name == "affine":
+            return lambda emb: jnp.zeros((emb.shape[0], features), emb.dtype)
+        return orig_dense(features, *args, name=name, **kwargs)
+
+    unet._group_norm, unet.Dense = group_norm, dense
     try:
         yield
     finally:
-        unet._group_norm, unet.nn = orig_group_norm, orig_nn
+        unet._group_norm, unet.Dense = orig_group_norm, orig_dense
 
 
 def _cost(analysis) -> dict:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxml.models.attention import attention_impls, dot_product_attention
+from jaxml.models.fused_layers import Dense, GroupNormAct, materialized_cotangent
 
 Array = jax.Array
 
@@ -62,8 +63,12 @@ def num_groups(channels: int, max_groups: int = 32, min_channels_per_group: int 
     return groups
 
 
-def _group_norm(channels: int, eps: float, dtype, name: str) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=eps, dtype=dtype, name=name)
+def _group_norm(channels: int, eps: float, dtype, name: str, act: bool = True) -> GroupNormAct:
+    """GroupNorm (+ optional per-sample scale/shift) + SiLU in one op with a closed-form
+    backward (jaxml/models/fused_layers.py); the parameters are flax GroupNorm's."""
+    return GroupNormAct(
+        num_groups=num_groups(channels), epsilon=eps, act=act, dtype=dtype, name=name
+    )
 
 
 def downsample(x: Array) -> Array:
@@ -140,18 +145,24 @@ class UNetBlock(nn.Module):
         in_channels = x.shape[-1]
         out_channels = self.out_channels
         resample = upsample if self.up else downsample if self.down else (lambda t: t)
-        conv = lambda c, k, init, name: nn.Conv(
-            c, (k, k), padding="SAME", kernel_init=init, dtype=self.dtype, name=name
+        conv = lambda c, k, init, name: (
+            lambda t: materialized_cotangent(
+                nn.Conv(c, (k, k), padding="SAME", kernel_init=init, dtype=self.dtype, name=name)(t)
+            )
         )
         # 1x1 convolutions as Dense layers over the channel axis: the same math
         # and fan-in/fan-out, but a plain matmul that XLA compiles and runs faster.
-        proj = lambda c, init, name: nn.Dense(c, kernel_init=init, dtype=self.dtype, name=name)
+        proj = lambda c, init, name: (
+            lambda t: materialized_cotangent(
+                Dense(c, kernel_init=init, dtype=self.dtype, name=name)(t)
+            )
+        )
 
         orig = x
-        x = nn.silu(_group_norm(in_channels, self.eps, self.dtype, "norm0")(x))
+        x = _group_norm(in_channels, self.eps, self.dtype, "norm0")(x)
         x = conv(out_channels, 3, _init, "conv0")(resample(x))
 
-        params = nn.Dense(
+        params = Dense(
             out_channels * (2 if self.adaptive_scale else 1),
             kernel_init=_init,
             dtype=self.dtype,
@@ -160,9 +171,9 @@ class UNetBlock(nn.Module):
         norm1 = _group_norm(out_channels, self.eps, self.dtype, "norm1")
         if self.adaptive_scale:
             scale, shift = jnp.split(params, 2, axis=-1)
-            x = nn.silu(shift + norm1(x) * (scale + 1))
+            x = norm1(x, scale, shift)
         else:
-            x = nn.silu(norm1(x + params))
+            x = norm1(x + params)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         x = conv(out_channels, 3, _init_zero, "conv1")(x)
 
@@ -174,7 +185,9 @@ class UNetBlock(nn.Module):
 
         if self.attention:
             b, h, w, c = x.shape
-            qkv = proj(3 * c, _init_attn, "qkv")(_group_norm(c, self.eps, self.dtype, "norm2")(x))
+            qkv = proj(3 * c, _init_attn, "qkv")(
+                _group_norm(c, self.eps, self.dtype, "norm2", act=False)(x)
+            )
             qkv = qkv.reshape(b, h * w, 3, self.num_heads, c // self.num_heads)
             a = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], impl=self.attn_impl)
             a = proj(c, _init_zero, "proj")(a.reshape(b, h, w, c))
@@ -315,7 +328,7 @@ class UNet(nn.Module):
         if self.num_classes:
             rng = self.make_rng("dropout") if train and self.label_dropout > 0 else None
             onehot = class_input(labels, self.num_classes, batch, self.label_dropout, rng)
-            emb = emb + nn.Dense(
+            emb = emb + Dense(
                 noise_channels, kernel_init=_init, dtype=self.dtype, name="map_label"
             )(onehot)
 
@@ -327,7 +340,7 @@ class UNet(nn.Module):
                     f"augment_labels must be (batch, augment_dim) = {(batch, self.augment_dim)}, "
                     f"got {augment_labels.shape}."
                 )
-            emb = emb + nn.Dense(
+            emb = emb + Dense(
                 noise_channels,
                 use_bias=False,
                 kernel_init=_init,
@@ -338,10 +351,10 @@ class UNet(nn.Module):
             raise ValueError("augment_labels were given to a UNet with augment_dim=0.")
 
         emb = nn.silu(
-            nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer0")(emb)
+            Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer0")(emb)
         )
         emb = nn.silu(
-            nn.Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer1")(emb)
+            Dense(emb_channels, kernel_init=_init, dtype=self.dtype, name="map_layer1")(emb)
         )
         return emb
 
@@ -390,6 +403,7 @@ class UNet(nn.Module):
                     dtype=self.dtype,
                     name=f"enc_{res}x{res}_conv",
                 )(x)
+                x = materialized_cotangent(x)
             else:
                 x = block(x.shape[-1], f"enc_{res}x{res}_down", down=True)(x, emb, train=train)
             skips.append(x)
@@ -417,7 +431,7 @@ class UNet(nn.Module):
                     attention=idx == self.num_blocks and res in self.attn_resolutions,
                 )(x, emb, train=train)
 
-        x = nn.silu(_group_norm(x.shape[-1], 1e-6, self.dtype, "out_norm")(x))
+        x = _group_norm(x.shape[-1], 1e-6, self.dtype, "out_norm")(x)
         x = nn.Conv(
             out_channels,
             (3, 3),
