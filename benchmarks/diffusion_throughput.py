@@ -1,7 +1,8 @@
 """Diffusion U-Net training throughput (images/s), jaxml vs a PyTorch peer, side by side.
 
   python benchmarks/diffusion_throughput.py --section=before   # from a checkout of the old code
-  python benchmarks/diffusion_throughput.py --section=after    # the new code
+  python benchmarks/diffusion_throughput.py --section=after    # 655fa34 (issue 18, first pass)
+  python benchmarks/diffusion_throughput.py --section=fused    # + jaxml/models/fused_layers.py
   python benchmarks/diffusion_throughput.py --cases=digits_small --repeats=3 --section=scratch
 
 Four U-Nets (the issue-18 configs): digits_small (189k params, 8x8, batch 128), a 4.1M 8x8
@@ -158,11 +159,13 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = [s for s in ("before", "after") if s in results]
+    colors_of = {"before": "tab:blue", "after": "tab:green", "fused": "tab:orange"}
+    sections = [s for s in colors_of if s in results]
     if not sections:
         return
     names = [n for n in CASES if any(n in results[s]["cases"] for s in sections)]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.6), squeeze=False)
+    width = 1.6 * len(sections) + 0.4
+    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         labels, values, colors = [], [], []
         for s in sections:
@@ -171,7 +174,7 @@ def plot(results: dict, path: Path) -> None:
                 continue
             labels += [f"jaxml\n{s}", f"torch\n({s} run)"]
             values += [case["jax"]["images_per_s"], case["torch"]["images_per_s"]]
-            colors += ["tab:blue" if s == "before" else "tab:green", "tab:gray"]
+            colors += [colors_of[s], "tab:gray"]
         ax.bar(range(len(values)), values, color=colors)
         ax.set_xticks(range(len(values)), labels, fontsize=7)
         params = results[sections[0]]["cases"].get(name, results[sections[-1]]["cases"].get(name))
@@ -184,7 +187,9 @@ def plot(results: dict, path: Path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--section", default="after", help="JSON section: before / after / ...")
+    parser.add_argument(
+        "--section", default="fused", help="JSON section: before / after / fused / ..."
+    )
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--repeats", type=int, default=None, help="override turns per case")
     parser.add_argument("--note", default="", help="what the code under test is")
