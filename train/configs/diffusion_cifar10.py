@@ -46,6 +46,7 @@ def get_config(variant: str = "pfgmpp"):
     config.optimizer.lr = 1e-3
     config.optimizer.warmup_steps = 10_000_000 // 512
     config.optimizer.grad_clip = 0.0
+    config.optimizer.decay = "constant"  # the digits recipe decays; EDM does not
     config.ema.halflife_kimg = 500.0
     config.total_steps = 200_000_000 // 512
     config.log_every = 100
