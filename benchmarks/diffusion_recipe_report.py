@@ -119,7 +119,9 @@ def table(recipes: dict[str, dict[int, dict]]) -> list[str]:
         if recipe in recipes and against in recipes:
             shared = sorted(set(recipes[recipe]) & set(recipes[against]))
             d = mean_se([recipes[recipe][s]["fd"] - recipes[against][s]["fd"] for s in shared])
-            lines.append(f"- {recipe} − {against}, paired: {fmt(*d, signed=True)} (n={len(shared)})")
+            lines.append(
+                f"- {recipe} − {against}, paired: {fmt(*d, signed=True)} (n={len(shared)})"
+            )
     return lines
 
 
@@ -138,7 +140,9 @@ def plot(recipes: dict[str, dict[int, dict]], path: Path) -> None:
         axes[1].plot(steps, curve, marker="o", label=f"{recipe} ({len(seeds)} seeds)")
     floor = next(iter(recipes[BASELINE].values()))["floor"]
     axes[0].axhline(floor, color="gray", ls="--", label="real digits (same N)")
-    axes[0].set_xticks(range(len(names)), [n.replace(", ", "\n").replace(" + ", "\n+ ") for n in names])
+    axes[0].set_xticks(
+        range(len(names)), [n.replace(", ", "\n").replace(" + ", "\n+ ") for n in names]
+    )
     axes[0].set(ylabel="FD-digits, N = 2,048, mean of 3 latent seeds",
                 title="last step, per training seed (bar: mean ± s.e.)")  # fmt: skip
     axes[1].set(xlabel="training step", ylabel="FD-digits, N = 512 (training eval)",
