@@ -154,33 +154,34 @@ def measure(name: str) -> dict:
 
 
 def plot(results: dict, path: Path) -> None:
+    """jaxml img/s over PyTorch's in the same run, per case and section: absolute speeds moved
+    between days on the shared machine, ratios measured in turns did not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors_of = {"before": "tab:blue", "after": "tab:green", "fused": "tab:orange"}
-    sections = [s for s in colors_of if s in results]
+    sections = [s for s, v in results.items() if isinstance(v, dict) and "cases" in v]
     if not sections:
         return
     names = [n for n in CASES if any(n in results[s]["cases"] for s in sections)]
-    width = 1.6 * len(sections) + 0.4
-    fig, axes = plt.subplots(1, len(names), figsize=(width * len(names), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(0.9 * len(sections) * len(names) + 2, 3.8), squeeze=False
+    )
     for ax, name in zip(axes[0], names):
-        labels, values, colors = [], [], []
+        labels, ratios = [], []
         for s in sections:
             case = results[s]["cases"].get(name)
-            if case is None:
-                continue
-            labels += [f"jaxml\n{s}", f"torch\n({s} run)"]
-            values += [case["jax"]["images_per_s"], case["torch"]["images_per_s"]]
-            colors += [colors_of[s], "tab:gray"]
-        ax.bar(range(len(values)), values, color=colors)
-        ax.set_xticks(range(len(values)), labels, fontsize=7)
-        params = results[sections[0]]["cases"].get(name, results[sections[-1]]["cases"].get(name))
-        ax.set_title(f"{name}\n{params['params'] / 1e6:.2f}M, batch {params['batch_size']}")
-        ax.set_ylabel("train images/s")
-    fig.suptitle("U-Net train step on CPU: jaxml vs PyTorch peer (interleaved, median)")
+            if case is not None:
+                labels.append(s.replace("_", "\n"))
+                ratios.append(case["jax_over_torch"])
+        ax.bar(range(len(ratios)), ratios, color=[f"C{i}" for i in range(len(ratios))])
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(ratios)), labels, fontsize=7)
+        case = next(results[s]["cases"][name] for s in sections if name in results[s]["cases"])
+        ax.set_title(f"{name}\n{case['params'] / 1e6:.2f}M, batch {case['batch_size']}")
+        ax.set_ylabel("jaxml / PyTorch img/s")
+    fig.suptitle("U-Net train step on CPU: jaxml over PyTorch, timed in turns in one run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -19,7 +19,7 @@ import math
 
 # From benchmarks/scan.py (B 8, P 256, complex64, L 1k-16k, forward + backward; every
 # implementation checked against a NumPy loop before it is timed). Each entry's file:
-SCAN_AUTO_SOURCES: dict[str, str] = {"cpu": "benchmarks/results/scan_cpu_recurrence.json"}
+SCAN_AUTO_SOURCES: dict[str, str] = {"cpu": "benchmarks/results/scan_cpu.json"}
 SCAN_AUTO_IMPL: dict[str, str] = {"cpu": "sequential"}
 SCAN_SAFE_IMPL = "associative"  # lax.associative_scan, the official S5 algorithm
 
