@@ -88,6 +88,7 @@ def _compare(tmp_path, module, processes, devices_per_process, *extra):
     _assert_same_training(single, multi)
 
 
+@pytest.mark.slow  # ~3.5 min on 2 cores (three U-Net compiles); CI runs it after the default suite
 def test_diffusion_two_processes_match_one(tmp_path):
     # Sampling is left to the 4-process test (slow); training and checkpoints are compared here.
     _compare(tmp_path, "train.diffusion", 2, 2, "--config.eval_every=0")
