@@ -25,6 +25,9 @@ import numpy as np
 
 from jaxml.diffusion import metrics, recipe
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # diffusion_digits next to this file
+from diffusion_digits import mean_se  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE_KEYS = [
     ("fd_train", "FD vs train"),
@@ -51,12 +54,6 @@ def load_seeds(pattern: str) -> dict[str, np.ndarray]:
         images = recipe.read_shards(folder)["images"]
         groups.setdefault(Path(folder).name.split("_c")[0], []).append(images)
     return {name: np.concatenate(chunks) for name, chunks in groups.items()}
-
-
-def mean_se(values):
-    values = np.asarray(values, np.float64)
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(se)
 
 
 def main():

@@ -15,6 +15,7 @@ Writes diffusion_recipe_cpu.md and diffusion_recipe_seeds_cpu.png next to the JS
 """
 
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +23,9 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # diffusion_digits next to this file
+from diffusion_digits import mean_se  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SOURCE = RESULTS / "diffusion_recipe_cpu.json"
@@ -55,19 +59,13 @@ RUNS = {
 PAIRED = [("dropout 0 + cosine", "dropout 0"), ("dropout 0 + cosine", "cosine decay")]
 
 
-def mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, float)
-    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return float(v.mean()), float(se)
-
-
 def fmt(mean: float, se: float, signed: bool = False) -> str:
     m = f"{mean:+.2f}" if signed else f"{mean:.2f}"
     return m if np.isnan(se) else f"{m} ± {se:.2f}"
 
 
 def by_recipe(results: dict) -> dict[str, dict[int, dict]]:
-    """recipe -> training seed -> {fd, fd_per_latent_seed, precision, evals (step -> FD)}."""
+    """recipe -> training seed -> {fd, precision, floor, evals (step -> FD)}."""
     recipes: dict[str, dict[int, dict]] = {}
     for run in results["runs"]:
         if run["workdir"] not in RUNS:
@@ -76,12 +74,18 @@ def by_recipe(results: dict) -> dict[str, dict[int, dict]]:
         row = next(r for r in run["samplers"] if r["setting"] == SETTING and not r["weight_bits"])
         recipes.setdefault(recipe, {})[seed] = dict(
             fd=row["fd_train"],
-            per_latent_seed=row["fd_train_per_seed"],
             precision=row["precision"],
             floor=row["fd_train_floor"],
             evals={e["step"]: e["fd_digits"] for e in run["fd_vs_training_step"]},
         )
     return recipes
+
+
+def paired(recipes: dict[str, dict[int, dict]], recipe: str, against: str) -> str:
+    """Mean ± s.e. of recipe − against over the training seeds both have, and their count."""
+    shared = sorted(set(recipes[recipe]) & set(recipes[against]))
+    d = mean_se([recipes[recipe][s]["fd"] - recipes[against][s]["fd"] for s in shared])
+    return f"{fmt(*d, signed=True)} (n={len(shared)})"
 
 
 def table(recipes: dict[str, dict[int, dict]]) -> list[str]:
@@ -97,16 +101,11 @@ def table(recipes: dict[str, dict[int, dict]]) -> list[str]:
         "training evals at " + "/".join(map(str, steps)) + " |",
         "|---|---|---|---|---|---|---|",
     ]
-    default = recipes[BASELINE]
     for recipe, seeds in recipes.items():
         order = sorted(seeds)
         fd = mean_se([seeds[s]["fd"] for s in order])
-        shared = [s for s in order if s in default]
-        if recipe == BASELINE or not shared:
-            delta = "—"
-        else:
-            delta = fmt(*mean_se([seeds[s]["fd"] - default[s]["fd"] for s in shared]), signed=True)
-            delta += f" (n={len(shared)})"
+        shares_seeds = set(seeds) & set(recipes[BASELINE])
+        delta = "—" if recipe == BASELINE or not shares_seeds else paired(recipes, recipe, BASELINE)
         evals = [np.mean([seeds[s]["evals"][t] for s in order]) for t in steps]
         lines.append(
             f"| {recipe} | {len(order)} | "
@@ -117,11 +116,7 @@ def table(recipes: dict[str, dict[int, dict]]) -> list[str]:
     lines.append("")
     for recipe, against in PAIRED:
         if recipe in recipes and against in recipes:
-            shared = sorted(set(recipes[recipe]) & set(recipes[against]))
-            d = mean_se([recipes[recipe][s]["fd"] - recipes[against][s]["fd"] for s in shared])
-            lines.append(
-                f"- {recipe} − {against}, paired: {fmt(*d, signed=True)} (n={len(shared)})"
-            )
+            lines.append(f"- {recipe} − {against}, paired: {paired(recipes, recipe, against)}")
     return lines
 
 

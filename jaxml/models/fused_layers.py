@@ -151,10 +151,6 @@ def _forward(x, gamma, beta, scale, shift, groups, eps, act):
     return out.astype(x.dtype), (x, gamma, beta, scale, shift, mean, rstd)
 
 
-def _fwd(x, gamma, beta, scale, shift, groups, eps, act):
-    return _forward(x, gamma, beta, scale, shift, groups, eps, act)
-
-
 def _bwd(groups, eps, act, residuals, da):
     x, gamma, beta, scale, shift, mean, rstd = residuals
     x32 = x.astype(jnp.float32)
@@ -196,7 +192,7 @@ def _bwd(groups, eps, act, residuals, da):
     )
 
 
-group_norm_act.defvjp(_fwd, _bwd)
+group_norm_act.defvjp(_forward, _bwd)
 
 
 class GroupNormAct(nn.Module):
