@@ -189,19 +189,31 @@ def test_gradients_match_scan_reference(impl, reverse, time_varying):
         assert_close(g, np.asarray(r), 1e-4)
 
 
-@pytest.mark.parametrize("impl", ["chunked"])  # sequential inside chunks, associative across them
-def test_gradients_against_finite_differences(impl):
+# chunked: sequential inside chunks, associative across them; sequential: a hand-written
+# VJP (the reverse recurrence, and d a summed over the dims a is broadcast along).
+@pytest.mark.parametrize(
+    "impl, a_shape, reverse, with_reset",
+    [
+        ("chunked", (2, 9, 3), False, True),
+        ("sequential", (2, 9, 3), False, True),
+        ("sequential", (1, 9, 3), True, False),
+        ("sequential", (3,), True, False),  # resets would make a time-varying
+        ("sequential", (3,), False, False),
+        ("sequential", (2, 1, 1), False, False),
+    ],
+)
+def test_gradients_against_finite_differences(impl, a_shape, reverse, with_reset):
     rng = np.random.default_rng(6)
     with jax.enable_x64(True):
-        a, b, h0 = random_problem(rng, (2, 9, 3), (2, 9, 3), complex_=True)
+        a, b, h0 = random_problem(rng, (2, 9, 3), a_shape, complex_=True)
         a, b, h0 = (jnp.asarray(x, jnp.complex128) for x in (a, b, h0))
-        reset = jnp.asarray(rng.uniform(size=(2, 9)) < 0.2)
+        reset = jnp.asarray(rng.uniform(size=(2, 9)) < 0.2) if with_reset else None
         fn = jax.jit(
             lambda a, b, h0: linear_recurrence(
-                a, b, h0, axis=1, impl=impl, reset=reset, chunk_size=4
+                a, b, h0, axis=1, impl=impl, reset=reset, reverse=reverse, chunk_size=4
             )
         )
-        check_grads(fn, (a, b, h0), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        check_grads(fn, (a, b, h0), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------
