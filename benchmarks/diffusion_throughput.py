@@ -4,6 +4,7 @@
   python benchmarks/diffusion_throughput.py --section=after    # 655fa34 (issue 18, first pass)
   python benchmarks/diffusion_throughput.py --section=fused    # + jaxml/models/fused_layers.py
   python benchmarks/diffusion_throughput.py --cases=digits_small --repeats=3 --section=scratch
+  python benchmarks/diffusion_throughput.py --section=isolated   # each case in a fresh process
 
 Four U-Nets (the issue-18 configs): digits_small (189k params, 8x8, batch 128), a 4.1M 8x8
 U-Net (64 ch, [1,2], 2 blocks, attention at 4x4, batch 32), a 7.0M 16x16 U-Net (64 ch,
@@ -16,7 +17,8 @@ checks equal outputs) with the same loss, Adam, clipping and EMA; fp32, 2 intra-
 Post-hoc EMA tracking and data augmentation are off on both sides.
 
 The two are timed in turns (jax steps, torch steps, jax steps, ...) so that load from other
-jobs on a shared machine hits both alike; the median step time gives images/s. The first
+jobs on a shared machine hits both alike; the median step time gives images/s. Each case
+runs in a fresh process (`--in-process` for the old way, all in this one). The first
 call of each (jax: trace + compile + step; torch: step) is reported separately. Writes the
 section into benchmarks/results/diffusion_throughput_<backend>.json (other sections are
 kept) and redraws the PNG next to it. Absolute numbers mean something only on the machine
@@ -30,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -153,6 +156,26 @@ def measure(name: str) -> dict:
     return out
 
 
+WORKER_MARK = "CASE_RESULT "
+
+
+def measure_isolated(name: str) -> dict:
+    """`measure(name)` in a fresh Python process (same CASES overrides via --repeats).
+
+    Run one after another in one process, the later cases' ratios moved by up to 0.2 between
+    runs (the 16x16 case: 0.77 in one, 0.96 alone the same hour); each in its own process,
+    as a user runs one model, neither side inherits the earlier cases' compiled programs,
+    allocations or thread pools.
+    """
+    turns = CASES[name][3]
+    cmd = [sys.executable, __file__, "--worker", name, "--repeats", str(turns)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith(WORKER_MARK):
+            return json.loads(line[len(WORKER_MARK) :])
+    raise RuntimeError(f"{name}: the worker process failed:\n{done.stderr[-3000:]}")
+
+
 def plot(results: dict, path: Path) -> None:
     """jaxml img/s over PyTorch's in the same run, per case and section: absolute speeds moved
     between days on the shared machine, ratios measured in turns did not."""
@@ -194,6 +217,12 @@ def main():
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--repeats", type=int, default=None, help="override turns per case")
     parser.add_argument("--note", default="", help="what the code under test is")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="all cases in this process (default: each case in a fresh one)",
+    )
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     names = [n for n in args.cases.split(",") if n]
     for n in names:
@@ -203,6 +232,9 @@ def main():
         for n in names:
             f, b, s, _ = CASES[n]
             CASES[n] = (f, b, s, args.repeats)
+    if args.worker is not None:  # one case in this fresh process, its result on stdout
+        print(WORKER_MARK + json.dumps(measure(args.worker)), flush=True)
+        return
 
     import torch
 
@@ -226,8 +258,9 @@ def main():
         "load_average_before": list(os.getloadavg()),
         "cases": {},
     }
+    section["isolated"] = not args.in_process
     for name in names:
-        r = section["cases"][name] = measure(name)
+        r = section["cases"][name] = measure(name) if args.in_process else measure_isolated(name)
         print(
             f"{name} ({r['params'] / 1e6:.2f}M, batch {r['batch_size']}): "
             f"jaxml {r['jax']['images_per_s']:.1f} img/s, torch {r['torch']['images_per_s']:.1f}"
