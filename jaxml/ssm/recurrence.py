@@ -84,9 +84,10 @@ def _in_place_scan(a, b, *, axis: int, reverse: bool) -> jax.Array:
     `a` has b's ndim, time extent 1 or L. Each step is one in-place
     dynamic-update-slice that reads the previous state from the output itself, so
     the loop carries only that array and needs no time-major transpose: on XLA:CPU
-    this is ~2x faster than a `lax.scan` over a moved axis, whose stacked outputs
-    and transposes cost more than the arithmetic. Unrolling makes XLA copy the
-    array every step; keep unroll at 1.
+    this was 2.2x (forward) and 2.4x (forward+backward) faster than a `lax.scan` over
+    a moved axis, side by side at B 8, L 1k, P 256: its transposes in and out cost as
+    much as the scan itself. Unrolling makes XLA copy the array every step; keep
+    unroll at 1.
     """
     length = b.shape[axis]
     const_a = a.shape[axis] == 1
