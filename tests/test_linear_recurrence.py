@@ -213,7 +213,10 @@ def test_gradients_against_finite_differences(impl, a_shape, reverse, with_reset
                 a, b, h0, axis=1, impl=impl, reset=reset, reverse=reverse, chunk_size=4
             )
         )
-        check_grads(fn, (a, b, h0), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+        # d a of one a for all steps and rows sums 18 terms: the finite difference's own error
+        # there reaches ~1e-6 relative (measured: 1.1e-6), so those cases get 1e-5.
+        tol = 1e-5 if len(a_shape) == 1 else 1e-6
+        check_grads(fn, (a, b, h0), order=1, modes=["rev"], atol=tol, rtol=tol)
 
 
 # --------------------------------------------------------------------------
