@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -132,15 +131,6 @@ def torch_parts(x_shape, w_shape):
     }
 
 
-def _median_time(fn, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def measure(name: str, repeats: int) -> dict:
     get_config, batch_size, _, _ = diffusion_throughput.CASES[name]
     convs = network_convolutions(get_config(), batch_size)
@@ -159,7 +149,7 @@ def measure(name: str, repeats: int) -> dict:
         for _ in range(repeats):
             for side, fns in sides.items():
                 for part, fn in fns.items():
-                    times[side][part] += _median_time(fn, 3)
+                    times[side][part] += [diffusion_throughput.timed(fn) for _ in range(3)]
         row = {"input": list(x_shape), "kernel": list(w_shape), "count": count}
         for side in sides:
             row[side] = {part: float(np.median(times[side][part])) for part in PARTS}

@@ -256,9 +256,9 @@ def main():
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
         },
         "load_average_before": list(os.getloadavg()),
+        "isolated": not args.in_process,
         "cases": {},
     }
-    section["isolated"] = not args.in_process
     for name in names:
         r = section["cases"][name] = measure(name) if args.in_process else measure_isolated(name)
         print(
