@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxml.models.dropout import Dropout
 from jaxml.models.unet import EMBEDDING_TYPES, class_input, fourier_embedding, positional_embedding
 
 Array = jax.Array
@@ -103,7 +104,7 @@ class MLPDenoiser(nn.Module):
             r = nn.silu(nn.LayerNorm(name=f"block{i}_norm")(h))
             r = nn.Dense(self.hidden, name=f"block{i}_dense0")(r)
             r = nn.silu(r + nn.Dense(self.hidden, name=f"block{i}_emb")(emb))
-            r = nn.Dropout(self.dropout, deterministic=not train)(r)
+            r = Dropout(self.dropout, deterministic=not train)(r)
             h = h + nn.Dense(self.hidden, name=f"block{i}_dense1")(r)
         h = nn.silu(nn.LayerNorm(name="out_norm")(h))
         out = nn.Dense(self.out_features or x.shape[-1], kernel_init=_init_zero, name="out")(h)

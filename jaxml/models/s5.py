@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxml.models.dropout import Dropout
 from jaxml.ssm.s5 import S5SSM
 
 ACTIVATIONS = ("gelu", "half_glu1", "half_glu2", "full_glu")
@@ -109,7 +110,7 @@ class S5Layer(nn.Module):
             norm = nn.LayerNorm(name="norm")
         # One dropout mask per (sequence, channel), shared across time.
         time_axis = x.ndim - 1 if stepping else x.ndim - 2
-        drop = nn.Dropout(self.dropout, broadcast_dims=(time_axis,), deterministic=not train)
+        drop = Dropout(self.dropout, broadcast_dims=(time_axis,), deterministic=not train)
 
         skip = x
         if self.prenorm:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxml.models.attention import attention_impls, dot_product_attention
+from jaxml.models.dropout import Dropout
 from jaxml.models.fused_layers import Dense, GroupNormAct, materialized_cotangent
 
 Array = jax.Array
@@ -174,7 +175,7 @@ class UNetBlock(nn.Module):
             x = norm1(x, scale, shift)
         else:
             x = norm1(x + params)
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout, deterministic=not train)(x)
         x = conv(out_channels, 3, _init_zero, "conv1")(x)
 
         skip = orig
