@@ -113,10 +113,17 @@ def _grouped(x: Array, groups: int) -> Array:
 
 
 def _stats(x32: Array, groups: int, eps: float) -> tuple[Array, Array]:
-    """(mean, 1/std) per (batch, group), shapes (B, 1, G, 1); fast variance as flax."""
-    xg = _grouped(x32, groups)
-    mean = xg.mean(axis=(1, 3), keepdims=True)
-    var = jnp.maximum((xg * xg).mean(axis=(1, 3), keepdims=True) - mean * mean, 0.0)
+    """(mean, 1/std) per (batch, group), shapes (B, 1, G, 1); fast variance as flax.
+
+    Summed per channel over space first, then over each group's channels: XLA:CPU reduces
+    (B, HW, C) over HW along contiguous channel vectors, 4x faster than one reduction over
+    the (HW, C/G) axes of the grouped view.
+    """
+    b, h, w, c = x32.shape
+    n = h * w * (c // groups)
+    sums = jnp.stack([x32.sum(axis=(1, 2)), (x32 * x32).sum(axis=(1, 2))])
+    mean, mean_sq = (sums.reshape(2, b, 1, groups, c // groups).sum(-1, keepdims=True) / n)
+    var = jnp.maximum(mean_sq - mean * mean, 0.0)
     return mean, jax.lax.rsqrt(var + eps)
 
 
