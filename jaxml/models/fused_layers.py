@@ -122,7 +122,7 @@ def _stats(x32: Array, groups: int, eps: float) -> tuple[Array, Array]:
     b, h, w, c = x32.shape
     n = h * w * (c // groups)
     sums = jnp.stack([x32.sum(axis=(1, 2)), (x32 * x32).sum(axis=(1, 2))])
-    mean, mean_sq = (sums.reshape(2, b, 1, groups, c // groups).sum(-1, keepdims=True) / n)
+    mean, mean_sq = sums.reshape(2, b, 1, groups, c // groups).sum(-1, keepdims=True) / n
     var = jnp.maximum(mean_sq - mean * mean, 0.0)
     return mean, jax.lax.rsqrt(var + eps)
 
