@@ -23,7 +23,7 @@ tests/test_fused_layers.py checks values and gradients against flax's layers und
 GroupNormAct's backward:
 
   x̂ = (x − μ) r,   y = γ x̂ + β,   z = (1 + s) y + t,   a = silu(z)      (r = 1/√(σ² + ε))
-  dz = da · silu'(z);   dt = Σ_hw dz;   ds = Σ_hw dz y;   dy = (1 + s) dz
+  dz = da · silu'(z);   dt = Σ_hw dz;   ds = Σ_hw dz y = γ Σ_hw dz x̂ + β dt;   dy = (1 + s) dz
   dγ = Σ_b,hw dy x̂;   dβ = Σ_b,hw dy;   g = γ dy
   dx = r (g − mean_group(g) − x̂ mean_group(g x̂))
 
@@ -170,10 +170,10 @@ def _bwd(groups, eps, act, residuals, da):
         z = y * (1 + s) + shift.astype(jnp.float32)[:, None, None, :]
         sig = jax.nn.sigmoid(z)
         dz = dz * sig * (1 + z * (1 - sig))
-    # Per (batch, channel) sums over space, all from one pass over x and da.
+    # Per (batch, channel) sums over space, from one pass over x and da; Σ dz y = γ Σ dz x̂ + β Σ dz.
     sum_dz = dz.sum(axis=(1, 2))
-    sum_dz_y = (dz * y).sum(axis=(1, 2))
     sum_dz_xhat = (dz * xhat).sum(axis=(1, 2))
+    sum_dz_y = g32 * sum_dz_xhat + b32 * sum_dz
     one_s = 1 + scale.astype(jnp.float32)
     sum_dy = one_s * sum_dz
     sum_dy_xhat = one_s * sum_dz_xhat
