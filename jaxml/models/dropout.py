@@ -69,14 +69,9 @@ def bernoulli_mask(key: Array, keep_prob: float, shape: Sequence[int]) -> Array:
     return ((b1 ^ b2) >> np.uint32(9)) < np.uint32(threshold)
 
 
-class Dropout(nn.Module):
-    """flax.linen.Dropout (same fields, same "dropout" rng, same output) with the mask from
+class Dropout(nn.Dropout):
+    """flax.linen.Dropout (its fields, "dropout" rng and output) with the mask from
     `bernoulli_mask`."""
-
-    rate: float
-    broadcast_dims: Sequence[int] = ()
-    deterministic: bool | None = None
-    rng_collection: str = "dropout"
 
     @nn.compact
     def __call__(self, inputs: Array, deterministic: bool | None = None, rng=None) -> Array:
